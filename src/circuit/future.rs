@@ -1,0 +1,155 @@
+//! [`CircuitFuture`]: the response future of [`CircuitBreaker`](super::CircuitBreaker).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use pin_project_lite::pin_project;
+use tower::{BoxError, Service};
+
+use super::handle::{Breaker, Ticket};
+use super::state::CallOutcome;
+use crate::{clock, Error};
+
+/// An admitted call's claim on the breaker: reports the outcome once, and gives a half-open probe slot back
+/// if the call is dropped before it finishes.
+struct Admitted {
+    breaker: Arc<Breaker>,
+    ticket: Ticket,
+    started: Option<Instant>,
+    settled: bool,
+}
+
+impl Admitted {
+    fn settle<T>(&mut self, result: &Result<T, Error>) {
+        let outcome = match result {
+            Ok(_) => match self.started {
+                Some(started) if self.breaker.is_slow(clock::now() - started) => {
+                    CallOutcome::Failure
+                }
+                _ => CallOutcome::Success,
+            },
+            Err(error) => self.breaker.classify(error),
+        };
+        self.settled = true;
+        self.breaker.record(self.ticket, outcome);
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if !self.settled && self.ticket.probe {
+            // Cancelled probe: its slot comes back, and it counts as neither success nor failure.
+            self.breaker.record(self.ticket, CallOutcome::Ignored);
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R, F> {
+        Rejected { error: Option<Error> },
+        NotReady { service: S, request: Option<R> },
+        Running { #[pin] future: F },
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker).
+    ///
+    /// A rejected call resolves at once to [`Error::CircuitOpen`] (nothing is allocated). Dropping the future
+    /// of an admitted call drops the inner future; if the call was a half-open probe its slot is given
+    /// back and it counts as neither success nor failure.
+    pub struct CircuitFuture<S, R>
+    where
+        S: Service<R>,
+    {
+        #[pin]
+        state: State<S, R, S::Future>,
+        admitted: Option<Admitted>,
+    }
+}
+
+impl<S, R> CircuitFuture<S, R>
+where
+    S: Service<R>,
+{
+    pub(crate) fn rejected(error: Error) -> Self {
+        CircuitFuture {
+            state: State::Rejected { error: Some(error) },
+            admitted: None,
+        }
+    }
+
+    fn admitted(breaker: Arc<Breaker>, ticket: Ticket) -> Option<Admitted> {
+        let started = breaker.measures_latency().then(clock::now);
+        Some(Admitted {
+            breaker,
+            ticket,
+            started,
+            settled: false,
+        })
+    }
+
+    pub(crate) fn running(future: S::Future, breaker: Arc<Breaker>, ticket: Ticket) -> Self {
+        CircuitFuture {
+            state: State::Running { future },
+            admitted: Self::admitted(breaker, ticket),
+        }
+    }
+
+    pub(crate) fn not_ready(service: S, request: R, breaker: Arc<Breaker>, ticket: Ticket) -> Self {
+        CircuitFuture {
+            state: State::NotReady {
+                service,
+                request: Some(request),
+            },
+            admitted: Self::admitted(breaker, ticket),
+        }
+    }
+}
+
+impl<S, R> Future for CircuitFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    // `error` is Some until this first (and only) Ready.
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::CircuitOpen {
+                        retry_after: None,
+                    })));
+                }
+                StateProj::NotReady { service, request } => {
+                    match ready!(service.poll_ready(cx)) {
+                        Ok(()) => match request.take() {
+                            Some(request) => {
+                                let future = service.call(request);
+                                this.state.set(State::Running { future });
+                                continue;
+                            }
+                            // Polled again after completion: the request is gone.
+                            None => Err(Error::NotRunning),
+                        },
+                        Err(e) => Err(Error::from_boxed(e.into())),
+                    }
+                }
+                StateProj::Running { future } => {
+                    ready!(future.poll(cx)).map_err(|e| Error::from_boxed(e.into()))
+                }
+            };
+            if let Some(mut admitted) = this.admitted.take() {
+                admitted.settle(&result);
+            }
+            return Poll::Ready(result);
+        }
+    }
+}

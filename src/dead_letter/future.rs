@@ -1,0 +1,177 @@
+//! [`DeadLetterFuture`].
+
+use std::cell::Cell;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tower::BoxError;
+
+use super::layer::DeadLetterShared;
+use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
+use crate::attempts::{AttemptRecord, RetryStop, ATTEMPTS};
+use crate::Error;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: TaskLocalFuture<Cell<AttemptRecord>, F> },
+        Passthrough { #[pin] future: F },
+        Sending { sending: SinkFuture, error: Option<Error> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`DeadLetterService`](super::DeadLetterService).
+    ///
+    /// Dropping it while the inner call runs drops the call and dead-letters nothing (the caller who
+    /// cancelled still holds the event). Dropping it while the sink is storing a letter drops the sink's
+    /// future: whether that letter was stored depends on the sink (the in-memory queue and the closure
+    /// sink store synchronously, before this future first returns `Pending`).
+    pub struct DeadLetterFuture<F, R> {
+        #[pin]
+        state: State<F>,
+        request: Option<R>,
+        shared: Arc<DeadLetterShared<R>>,
+    }
+}
+
+impl<F: Future, R> DeadLetterFuture<F, R> {
+    pub(crate) fn new(future: F, request: R, shared: Arc<DeadLetterShared<R>>) -> Self {
+        DeadLetterFuture {
+            state: State::Running {
+                future: ATTEMPTS.scope(Cell::new(AttemptRecord::default()), future),
+            },
+            request: Some(request),
+            shared,
+        }
+    }
+
+    pub(crate) fn passthrough(future: F, shared: Arc<DeadLetterShared<R>>) -> Self {
+        DeadLetterFuture {
+            state: State::Passthrough { future },
+            request: None,
+            shared,
+        }
+    }
+}
+
+fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
+    match error {
+        Error::CircuitOpen { .. } => DeadLetterReason::CircuitOpen,
+        Error::Overloaded => DeadLetterReason::Overloaded,
+        Error::Stopped => DeadLetterReason::Shutdown,
+        _ => match record.stop {
+            Some(RetryStop::Exhausted) => DeadLetterReason::Exhausted,
+            Some(RetryStop::NotRetryable) => DeadLetterReason::NotRetryable,
+            Some(RetryStop::BudgetExhausted) => DeadLetterReason::BudgetExhausted,
+            None => DeadLetterReason::Failed,
+        },
+    }
+}
+
+impl<R> DeadLetterShared<R> {
+    fn sink_failed(&self, what: &dyn std::fmt::Display) {
+        if let Some(metrics) = &self.metrics {
+            metrics.dead_letter_failed();
+        }
+        tracing::error!(
+            target: "tower_listener::dead_letter",
+            listener = %self.name,
+            error = %what,
+            "dead-letter sink failed; the letter is lost to the sink"
+        );
+    }
+}
+
+impl<F, R, T, E> Future for DeadLetterFuture<F, R>
+where
+    R: 'static,
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Passthrough { future } => {
+                    return future
+                        .poll(cx)
+                        .map(|r| r.map_err(|e| Error::from_boxed(e.into())));
+                }
+                StateProj::Running { mut future } => {
+                    let error = match ready!(future.as_mut().poll(cx)) {
+                        Ok(response) => return Poll::Ready(Ok(response)),
+                        Err(e) => Error::from_boxed(e.into()),
+                    };
+                    let record = future
+                        .take_value()
+                        .map(Cell::into_inner)
+                        .unwrap_or_default();
+                    let reason = reason_for(&error, &record);
+                    let shared = &**this.shared;
+                    let capture = shared.config.capture.as_ref().is_none_or(|filter| {
+                        catch_unwind(AssertUnwindSafe(|| filter(reason))).unwrap_or(true)
+                    });
+                    let (Some(sink), true, Some(request)) =
+                        (&shared.config.sink, capture, this.request.take())
+                    else {
+                        return Poll::Ready(Err(error));
+                    };
+                    let now = SystemTime::now();
+                    let letter = DeadLetter {
+                        request,
+                        error: error.clone(),
+                        listener: shared.name.clone(),
+                        attempts: record.attempts.max(1),
+                        first_failure_at: record.first_failure.unwrap_or(now),
+                        dead_lettered_at: now,
+                        reason,
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| sink.send(letter))) {
+                        Ok(sending) => this.state.set(State::Sending {
+                            sending,
+                            error: Some(error),
+                        }),
+                        Err(_) => {
+                            shared.sink_failed(&"sink panicked");
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                }
+                StateProj::Sending { sending, error } => {
+                    let outcome = ready!(match catch_unwind(AssertUnwindSafe(|| sending
+                        .as_mut()
+                        .poll(cx)))
+                    {
+                        Ok(poll) => poll,
+                        Err(_) => Poll::Ready(Err(BoxError::from("sink panicked"))),
+                    });
+                    let shared = &**this.shared;
+                    match outcome {
+                        Ok(()) => {
+                            if let Some(metrics) = &shared.metrics {
+                                metrics.dead_lettered();
+                            }
+                            tracing::warn!(
+                                target: "tower_listener::dead_letter",
+                                listener = %shared.name,
+                                "event dead-lettered"
+                            );
+                        }
+                        Err(e) => shared.sink_failed(&e),
+                    }
+                    // `error` is Some from the moment this state is entered until here.
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::Stopped)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! [`DeadLetter`], its [`DeadLetterReason`], and the [`DeadLetterSink`] trait with its closure and mpsc
+//! implementations.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tower::BoxError;
+
+use crate::Error;
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum DeadLetterReason {
+    /// Every retry was used and the last attempt failed.
+    Exhausted,
+    /// The retry condition declined the error.
+    NotRetryable,
+    /// The retry budget had nothing left.
+    BudgetExhausted,
+    /// A circuit breaker rejected the event.
+    CircuitOpen,
+    /// A concurrency limit or a full queue rejected the event.
+    Overloaded,
+    /// A shutdown cancelled the event.
+    Shutdown,
+    /// The event failed with no retry layer in the stack.
+    Failed,
+}
+
+impl DeadLetterReason {
+    /// Every reason, for capture filters.
+    pub const ALL: [DeadLetterReason; 7] = [
+        DeadLetterReason::Exhausted,
+        DeadLetterReason::NotRetryable,
+        DeadLetterReason::BudgetExhausted,
+        DeadLetterReason::CircuitOpen,
+        DeadLetterReason::Overloaded,
+        DeadLetterReason::Shutdown,
+        DeadLetterReason::Failed,
+    ];
+
+    /// The name: "exhausted", "not_retryable", "budget_exhausted", "circuit_open", "overloaded",
+    /// "shutdown", "failed".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeadLetterReason::Exhausted => "exhausted",
+            DeadLetterReason::NotRetryable => "not_retryable",
+            DeadLetterReason::BudgetExhausted => "budget_exhausted",
+            DeadLetterReason::CircuitOpen => "circuit_open",
+            DeadLetterReason::Overloaded => "overloaded",
+            DeadLetterReason::Shutdown => "shutdown",
+            DeadLetterReason::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event (or any request) whose final outcome was a failure, with what is known about that failure.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter<R> {
+    /// The original request, exactly as it was handed to the stack.
+    pub request: R,
+    /// The final error.
+    pub error: Error,
+    /// The listener (or layer) name.
+    pub listener: Arc<str>,
+    /// Attempts made (1 when there was no retry layer, or the event was rejected before its first one).
+    pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failure_at: SystemTime,
+    /// When the event was dead-lettered.
+    pub dead_lettered_at: SystemTime,
+    /// Why.
+    pub reason: DeadLetterReason,
+}
+
+impl<R> DeadLetter<R> {
+    /// A dead letter of `request`, failed with `error` for `reason`, dated now.
+    pub fn new(
+        request: R,
+        error: Error,
+        listener: impl Into<Arc<str>>,
+        attempts: u32,
+        reason: DeadLetterReason,
+    ) -> Self {
+        let now = SystemTime::now();
+        DeadLetter {
+            request,
+            error,
+            listener: listener.into(),
+            attempts,
+            first_failure_at: now,
+            dead_lettered_at: now,
+            reason,
+        }
+    }
+}
+
+/// The future a sink returns: `'static`, so a sink clones what it needs into it.
+pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
+
+/// Where dead letters go. Async and fallible, so durable stores (a database, a broker topic) fit behind it.
+///
+/// A sink that returns an error or panics never crashes the caller: the dead-letter layer counts it in
+/// `dead_letter_failures`, logs it, and still returns the event's own error.
+pub trait DeadLetterSink<R>: Send + Sync + 'static {
+    /// Takes one dead letter.
+    fn send(&self, letter: DeadLetter<R>) -> SinkFuture;
+
+    /// Waits until every letter taken so far is stored (called by the manager on `stop`). The default
+    /// does nothing.
+    fn flush(&self) -> SinkFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A sink that calls a closure: the Go package's `Handler(event, err)`. See [`dead_letter_fn`].
+#[derive(Clone)]
+pub struct FnSink<F> {
+    f: F,
+}
+
+/// Makes a sink from a closure that takes each [`DeadLetter`].
+///
+/// ```
+/// use tower_listener::{dead_letter_fn, DeadLetter, Event};
+///
+/// let sink = dead_letter_fn(|letter: DeadLetter<Event>| {
+///     eprintln!("dead letter {}: {} ({})", letter.request.id(), letter.error, letter.reason);
+/// });
+/// # let _ = sink;
+/// ```
+pub fn dead_letter_fn<F>(f: F) -> FnSink<F> {
+    FnSink { f }
+}
+
+impl<R, F> DeadLetterSink<R> for FnSink<F>
+where
+    F: Fn(DeadLetter<R>) + Send + Sync + 'static,
+{
+    fn send(&self, letter: DeadLetter<R>) -> SinkFuture {
+        (self.f)(letter);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl<F> fmt::Debug for FnSink<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnSink")
+    }
+}
+
+/// A `tokio::sync::mpsc` sender is a sink: each letter is sent, waiting for room in the channel; a closed
+/// channel is a sink failure.
+impl<R: Send + 'static> DeadLetterSink<R> for mpsc::Sender<DeadLetter<R>> {
+    fn send(&self, letter: DeadLetter<R>) -> SinkFuture {
+        let sender = self.clone();
+        Box::pin(async move {
+            sender
+                .send(letter)
+                .await
+                .map_err(|_| BoxError::from("dead-letter channel is closed"))
+        })
+    }
+}
+
+/// An unbounded mpsc sender is a sink too (it never waits).
+impl<R: Send + 'static> DeadLetterSink<R> for mpsc::UnboundedSender<DeadLetter<R>> {
+    fn send(&self, letter: DeadLetter<R>) -> SinkFuture {
+        let result = mpsc::UnboundedSender::send(self, letter)
+            .map_err(|_| BoxError::from("dead-letter channel is closed"));
+        Box::pin(std::future::ready(result))
+    }
+}

@@ -1,0 +1,200 @@
+//! The one error type of the crate.
+//!
+//! Every layer of this crate and the [`ListenerManager`](crate::ListenerManager) return [`Error`]. A caller
+//! matches on it without downcasting; the handler's own error stays reachable as the
+//! [`source`](std::error::Error::source) of [`Error::Handler`].
+//!
+//! Layers accept inner services whose error is anything `Into<tower::BoxError>` and convert it once, with
+//! [`Error::from_boxed`]: an error that already is an [`Error`] is unwrapped, tower's own `Elapsed` and
+//! `Overloaded` become [`Error::Timeout`] and [`Error::Overloaded`], anything else becomes [`Error::Handler`].
+//! So stacking layers never nests or boxes an error twice.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::BoxError;
+
+/// The error of every layer and of the manager.
+///
+/// `Error` is `Clone` (the handler's error is shared behind an `Arc`), so a dead-letter sink can keep the
+/// final error while the caller gets it too.
+///
+/// ```
+/// use tower_listener::Error;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("card declined")]
+/// struct Declined;
+///
+/// let err = Error::handler(Declined);
+/// assert!(matches!(err, Error::Handler(_)));
+/// assert!(!err.is_rejection());
+/// let source = std::error::Error::source(&err).unwrap();
+/// assert!(source.downcast_ref::<Declined>().is_some());
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The circuit breaker is open (or half-open with every probe slot taken) and rejected the call without
+    /// running it.
+    #[error("circuit breaker is open; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// How long until the breaker admits a probe; `None` when it is half-open (retry as soon as a
+        /// probe finishes) or forced open (no time is known).
+        retry_after: Option<Duration>,
+    },
+
+    /// The call was refused for lack of capacity: a concurrency limit in reject mode, a bounded wait for a
+    /// permit that ran out, or a full dispatch queue.
+    #[error("overloaded: no capacity to run the event")]
+    Overloaded,
+
+    /// An attempt ran past its time limit and was cancelled.
+    #[error("attempt timed out after {limit:?}")]
+    Timeout {
+        /// The limit that was exceeded; `None` when the timeout came from a layer that does not report
+        /// it (tower's own `Timeout`).
+        limit: Option<Duration>,
+    },
+
+    /// The handler failed; its error is the [`source`](std::error::Error::source).
+    #[error("handler failed: {0}")]
+    Handler(#[source] Arc<dyn StdError + Send + Sync>),
+
+    /// The handler panicked; the panic message is kept.
+    #[error("handler panicked: {message}")]
+    Panicked {
+        /// The panic payload when it was a string, else a fixed description.
+        message: String,
+    },
+
+    /// No listener is registered under this name.
+    #[error("listener {0:?} not found")]
+    NotFound(String),
+
+    /// A listener with this name is registered already.
+    #[error("listener {0:?} is already registered")]
+    AlreadyRegistered(String),
+
+    /// `start` was called on a manager that is running.
+    #[error("the manager is already running")]
+    AlreadyRunning,
+
+    /// The manager (or the listener) is not running: it was never started, or it was stopped.
+    #[error("the manager is not running")]
+    NotRunning,
+
+    /// The event was cancelled by a shutdown (`stop` or `unregister` ran past its deadline).
+    #[error("cancelled by shutdown")]
+    Stopped,
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: `{field}` {reason}")]
+    InvalidConfig {
+        /// The path of the field, such as `"retry_policy.max_delay"`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Wraps a handler's error as [`Error::Handler`].
+    pub fn handler<E>(err: E) -> Self
+    where
+        E: StdError + Send + Sync + 'static,
+    {
+        Error::Handler(Arc::new(err))
+    }
+
+    /// An [`Error::InvalidConfig`] for `field`.
+    pub fn invalid_config(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Converts any boxed error into an `Error`, once: an `Error` is unwrapped, tower's `Elapsed` becomes
+    /// [`Error::Timeout`], tower's `Overloaded` becomes [`Error::Overloaded`], anything else is kept as the
+    /// source of [`Error::Handler`].
+    ///
+    /// ```
+    /// use tower_listener::Error;
+    ///
+    /// let boxed: tower::BoxError = Box::new(Error::Overloaded);
+    /// assert!(matches!(Error::from_boxed(boxed), Error::Overloaded));
+    ///
+    /// let boxed: tower::BoxError = "db down".into();
+    /// assert_eq!(Error::from_boxed(boxed).to_string(), "handler failed: db down");
+    /// ```
+    pub fn from_boxed(err: BoxError) -> Self {
+        let err = match err.downcast::<Error>() {
+            Ok(err) => return *err,
+            Err(err) => err,
+        };
+        let err = match err.downcast::<tower::timeout::error::Elapsed>() {
+            Ok(_) => return Error::Timeout { limit: None },
+            Err(err) => err,
+        };
+        match err.downcast::<tower::load_shed::error::Overloaded>() {
+            Ok(_) => Error::Overloaded,
+            Err(err) => Error::Handler(Arc::from(err)),
+        }
+    }
+
+    /// True for the errors that mean "not run for lack of capacity or health": [`Error::CircuitOpen`] and
+    /// [`Error::Overloaded`]. Rejections are never retried by default and never count as breaker failures.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Error::CircuitOpen { .. } | Error::Overloaded)
+    }
+
+    /// A short, stable name of the variant ("handler", "timeout", "circuit_open", …), for logs, metrics
+    /// labels and JSON bodies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::CircuitOpen { .. } => "circuit_open",
+            Error::Overloaded => "overloaded",
+            Error::Timeout { .. } => "timeout",
+            Error::Handler(_) => "handler",
+            Error::Panicked { .. } => "panicked",
+            Error::NotFound(_) => "not_found",
+            Error::AlreadyRegistered(_) => "already_registered",
+            Error::AlreadyRunning => "already_running",
+            Error::NotRunning => "not_running",
+            Error::Stopped => "stopped",
+            Error::InvalidConfig { .. } => "invalid_config",
+        }
+    }
+
+    /// Builds [`Error::Panicked`] from a panic payload.
+    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "non-string panic payload".to_owned()
+        };
+        Error::Panicked { message }
+    }
+}
+
+/// The longest duration any setting of this crate accepts (365 days): longer values are almost surely a
+/// unit mistake, and would overflow `Instant` arithmetic on some platforms.
+pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Checks that a duration setting is positive and at most [`MAX_CONFIG_DURATION`].
+pub(crate) fn check_duration(field: &'static str, value: Duration) -> Result<(), Error> {
+    if value.is_zero() {
+        return Err(Error::invalid_config(field, "must be greater than zero"));
+    }
+    if value > MAX_CONFIG_DURATION {
+        return Err(Error::invalid_config(field, "must be at most 365 days"));
+    }
+    Ok(())
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,121 @@
+//! [`LimitFuture`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::OwnedSemaphorePermit;
+use tower::{BoxError, Service};
+
+use crate::metrics::ListenerMetrics;
+use crate::Error;
+
+/// The wait for a permit (boxed: tokio's acquire future has no nameable type; only calls that wait pay it).
+pub(crate) type Acquire =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Error>> + Send + 'static>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, R, F> {
+        Rejected { error: Option<Error> },
+        Waiting { acquire: Acquire, service: S, request: Option<R>, metrics: Option<Arc<ListenerMetrics>> },
+        Running { #[pin] future: F, permit: Option<OwnedSemaphorePermit> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`ConcurrencyLimit`](super::ConcurrencyLimit).
+    ///
+    /// Dropping it while waiting leaves the queue; dropping it while running drops the inner future and
+    /// releases the permit. The permit is also released as soon as the inner future completes.
+    pub struct LimitFuture<S, R>
+    where
+        S: Service<R>,
+    {
+        #[pin]
+        state: State<S, R, S::Future>,
+    }
+}
+
+impl<S: Service<R>, R> LimitFuture<S, R> {
+    pub(crate) fn rejected(error: Error) -> Self {
+        LimitFuture {
+            state: State::Rejected { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn running(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
+        LimitFuture {
+            state: State::Running {
+                future,
+                permit: Some(permit),
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        acquire: Acquire,
+        service: S,
+        request: R,
+        metrics: Option<Arc<ListenerMetrics>>,
+    ) -> Self {
+        LimitFuture {
+            state: State::Waiting {
+                acquire,
+                service,
+                request: Some(request),
+                metrics,
+            },
+        }
+    }
+}
+
+impl<S, R> Future for LimitFuture<S, R>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Rejected { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::Overloaded)));
+                }
+                StateProj::Waiting {
+                    acquire,
+                    service,
+                    request,
+                    metrics,
+                } => {
+                    let permit = match ready!(acquire.as_mut().poll(cx)) {
+                        Ok(permit) => permit,
+                        Err(error) => {
+                            if let Some(metrics) = metrics {
+                                metrics.rejected();
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(Error::Overloaded)); // polled after completion
+                    };
+                    let future = service.call(request);
+                    this.state.set(State::Running {
+                        future,
+                        permit: Some(permit),
+                    });
+                }
+                StateProj::Running { future, permit } => {
+                    let result = ready!(future.poll(cx));
+                    permit.take(); // release now, not when the caller drops us
+                    return Poll::Ready(result.map_err(|e| Error::from_boxed(e.into())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! [`ConcurrencyLimitLayer`] and its [`ConcurrencyConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower::Layer;
+
+use super::service::ConcurrencyLimit;
+use crate::error::check_duration;
+use crate::metrics::ListenerMetrics;
+use crate::Error;
+
+/// What a call does when every permit is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LimitMode {
+    /// Wait for a permit as long as it takes (backpressure). The default.
+    #[default]
+    Wait,
+    /// Wait at most this long, then fail with [`Error::Overloaded`].
+    WaitFor(Duration),
+    /// Fail at once with [`Error::Overloaded`].
+    Reject,
+}
+
+/// Settings of a [`ConcurrencyLimitLayer`]. A plain number converts into one with the default mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConcurrencyConfig {
+    /// Calls allowed in flight at once. Default 10.
+    pub limit: usize,
+    /// What a call does when none is free. Default [`LimitMode::Wait`].
+    pub mode: LimitMode,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        ConcurrencyConfig {
+            limit: 10,
+            mode: LimitMode::Wait,
+        }
+    }
+}
+
+impl ConcurrencyConfig {
+    /// `limit` calls in flight, in `mode`.
+    pub fn new(limit: usize, mode: LimitMode) -> Self {
+        ConcurrencyConfig { limit, mode }
+    }
+
+    /// Checks the fields; the error names `"concurrency"` or `"concurrency.mode"`.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.limit == 0 {
+            return Err(Error::invalid_config("concurrency", "must be at least 1"));
+        }
+        if self.limit > Semaphore::MAX_PERMITS {
+            return Err(Error::invalid_config(
+                "concurrency",
+                format!("must be at most {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        if let LimitMode::WaitFor(wait) = self.mode {
+            check_duration("concurrency.mode", wait)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<usize> for ConcurrencyConfig {
+    fn from(limit: usize) -> Self {
+        ConcurrencyConfig {
+            limit,
+            ..Default::default()
+        }
+    }
+}
+
+/// Limits the calls in flight through all services made by this layer to one shared limit.
+///
+/// ```
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::{ConcurrencyConfig, ConcurrencyLimitLayer, Error, LimitMode};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = ConcurrencyLimitLayer::new(ConcurrencyConfig::new(2, LimitMode::Reject)).unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|_: ()| async { Ok::<_, Error>("done") }));
+/// assert_eq!(svc.oneshot(()).await.unwrap(), "done");
+///
+/// // Or just a number, in the default (waiting) mode:
+/// let _ = ConcurrencyLimitLayer::new(10).unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimitLayer {
+    semaphore: Arc<Semaphore>,
+    config: ConcurrencyConfig,
+    metrics: Option<Arc<ListenerMetrics>>,
+}
+
+impl ConcurrencyLimitLayer {
+    /// A limit from a config or a plain number.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the limit is 0 or the bounded wait is zero.
+    pub fn new(config: impl Into<ConcurrencyConfig>) -> Result<Self, Error> {
+        let config = config.into();
+        config.validate()?;
+        Ok(ConcurrencyLimitLayer {
+            semaphore: Arc::new(Semaphore::new(config.limit)),
+            config,
+            metrics: None,
+        })
+    }
+
+    /// Reports each `Overloaded` rejection to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ListenerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Permits free now.
+    pub fn available_permits(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> ConcurrencyConfig {
+        self.config
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyLimit::new(
+            inner,
+            self.semaphore.clone(),
+            self.config.mode,
+            self.metrics.clone(),
+        )
+    }
+}

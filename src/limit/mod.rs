@@ -1,0 +1,30 @@
+//! A concurrency limit: at most `limit` calls in flight through one layer, however many clones of its
+//! service exist.
+//!
+//! Reach for it to protect a dependency (or the process) from more parallel work than it can take. Three
+//! modes ([`LimitMode`]):
+//! - [`Wait`](LimitMode::Wait) (default): backpressure; a call waits for a permit as long as it takes.
+//! - [`WaitFor(d)`](LimitMode::WaitFor): waits at most `d`, then fails with
+//!   [`Error::Overloaded`](crate::Error::Overloaded).
+//! - [`Reject`](LimitMode::Reject): fails at once with `Overloaded` when no permit is free.
+//!
+//! The permit is taken when the call starts (in the response future, not in `poll_ready`) and released
+//! when the response future completes or is dropped. So an idle clone that was polled ready never sits on a
+//! permit, a clone that is called without `poll_ready` works, and a breaker in front of the limit can
+//! reject without waiting for it. The uncontended path takes a permit with one atomic operation and
+//! allocates nothing; a call that has to wait allocates its waiting future once.
+//!
+//! **Cancellation**: dropping the response future while it waits leaves the semaphore's queue; dropping it
+//! while it runs drops the inner future and releases the permit.
+//!
+//! Built on `tokio::sync::Semaphore` (fair, FIFO). Not `tower::limit::ConcurrencyLimit`: that one holds a
+//! permit from `poll_ready` until `call` (a ready clone starves the others), allocates when cloned, and
+//! has no reject or bounded-wait mode.
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::LimitFuture;
+pub use layer::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
+pub use service::ConcurrencyLimit;

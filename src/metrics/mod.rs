@@ -1,0 +1,318 @@
+//! Counters, windowed attempt outcomes and latency percentiles of one listener, and the
+//! [`MetricsLayer`] that records them.
+//!
+//! One [`ListenerMetrics`] is shared (as an `Arc`) by every layer of a listener's stack: the metrics layers
+//! count events and attempts and record their latencies, the other layers report what only they see
+//! (retries, rejections, timeouts, breaker trips, dead letters). Give a layer the metrics with its
+//! `with_metrics` method. Counters are atomics; latencies go into sharded hdrhistograms
+//! (see [`LatencySummary`]), so no lock is shared by all callers.
+//!
+//! Recording never fails and never panics: a latency past one hour saturates.
+
+mod histogram;
+mod layer;
+
+pub use histogram::LatencySummary;
+pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use crate::circuit::CircuitState;
+use crate::clock;
+use crate::window::SlidingWindow;
+use histogram::LatencyHistogram;
+
+/// The default length of the health window: 60 s.
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The metrics of one listener (or of one stack of layers).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::{Error, ListenerMetrics, MetricsLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let metrics = Arc::new(ListenerMetrics::new("orders"));
+/// let svc = ServiceBuilder::new()
+///     .layer(MetricsLayer::per_event(metrics.clone()))
+///     .service(service_fn(|n: u32| async move {
+///         if n % 2 == 0 { Ok(n) } else { Err(Error::handler(std::fmt::Error)) }
+///     }));
+/// for n in 0..4 {
+///     let _ = svc.clone().oneshot(n).await;
+/// }
+/// let stats = metrics.snapshot();
+/// assert_eq!((stats.events_processed, stats.events_succeeded, stats.events_failed), (4, 2, 2));
+/// assert_eq!(stats.event_latency.count, 4);
+/// # }
+/// ```
+pub struct ListenerMetrics {
+    name: String,
+    events_processed: AtomicU64,
+    events_succeeded: AtomicU64,
+    events_failed: AtomicU64,
+    events_retried: AtomicU64,
+    attempts: AtomicU64,
+    attempt_failures: AtomicU64,
+    dead_letter_events: AtomicU64,
+    dead_letter_failures: AtomicU64,
+    rejected: AtomicU64,
+    timeouts: AtomicU64,
+    in_flight: AtomicI64,
+    circuit_trips: AtomicU64,
+    circuit_state: AtomicU8,
+    health_window: Duration,
+    attempt_window: SlidingWindow,
+    attempt_latency: LatencyHistogram,
+    event_latency: LatencyHistogram,
+}
+
+/// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
+///
+/// The counters are defined once and mean the same at listener and manager level.
+/// `events_processed == events_succeeded + events_failed` holds for every snapshot taken while no event
+/// is completing, and for every snapshot of a stopped manager.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Listeners registered (1 for a listener's own stats).
+    pub registered_listeners: u64,
+    /// Listeners accepting events (running).
+    pub active_listeners: u64,
+    /// Events whose outcome is final: one per event, whatever the number of attempts.
+    pub events_processed: u64,
+    /// Events that finally succeeded.
+    pub events_succeeded: u64,
+    /// Events that finally failed (whether or not they were dead-lettered).
+    pub events_failed: u64,
+    /// Retry attempts (attempts after the first).
+    pub events_retried: u64,
+    /// Attempts that reached the handler (first tries and retries).
+    pub attempts: u64,
+    /// Attempts that failed: handler errors, panics and timeouts.
+    pub attempt_failures: u64,
+    /// Events handed to a dead-letter sink that took them.
+    pub dead_letter_events: u64,
+    /// Dead letters a sink failed to take (it returned an error or panicked).
+    pub dead_letter_failures: u64,
+    /// Calls rejected by an open breaker or an overloaded limit.
+    pub rejected: u64,
+    /// Attempts that ran past their timeout.
+    pub timeouts: u64,
+    /// Events being processed now.
+    pub in_flight: u64,
+    /// Breakers open (or forced open) now.
+    pub circuit_breakers: u64,
+    /// Times a breaker opened.
+    pub circuit_trips: u64,
+    /// Latency of whole events, retries and backoff included.
+    pub event_latency: LatencySummary,
+    /// Latency of single attempts.
+    pub attempt_latency: LatencySummary,
+}
+
+impl Stats {
+    /// Adds `other` to `self`, counter by counter (latency percentiles: see
+    /// [`LatencySummary::merge_upper_bound`]).
+    pub fn add(&mut self, other: &Stats) {
+        self.registered_listeners += other.registered_listeners;
+        self.active_listeners += other.active_listeners;
+        self.events_processed += other.events_processed;
+        self.events_succeeded += other.events_succeeded;
+        self.events_failed += other.events_failed;
+        self.events_retried += other.events_retried;
+        self.attempts += other.attempts;
+        self.attempt_failures += other.attempt_failures;
+        self.dead_letter_events += other.dead_letter_events;
+        self.dead_letter_failures += other.dead_letter_failures;
+        self.rejected += other.rejected;
+        self.timeouts += other.timeouts;
+        self.in_flight += other.in_flight;
+        self.circuit_breakers += other.circuit_breakers;
+        self.circuit_trips += other.circuit_trips;
+        self.event_latency = self.event_latency.merge_upper_bound(other.event_latency);
+        self.attempt_latency = self.attempt_latency.merge_upper_bound(other.attempt_latency);
+    }
+}
+
+/// Attempt outcomes over the health window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowedAttempts {
+    /// Attempts that succeeded inside the window.
+    pub succeeded: u64,
+    /// Attempts that failed inside the window (handler errors, panics, timeouts).
+    pub failed: u64,
+}
+
+impl WindowedAttempts {
+    /// `failed / (succeeded + failed)`, 0 when there were no attempts.
+    pub fn failure_ratio(&self) -> f64 {
+        match self.succeeded + self.failed {
+            0 => 0.0,
+            total => self.failed as f64 / total as f64,
+        }
+    }
+}
+
+// Relaxed everywhere below: each counter is an independent statistic; no other memory is published
+// through it, and a reader only needs each value to be eventually exact.
+impl ListenerMetrics {
+    /// Metrics named `name` with the default 60 s health window.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::with_health_window(name, DEFAULT_HEALTH_WINDOW)
+    }
+
+    /// Metrics named `name` whose windowed attempt counts cover `health_window`.
+    pub fn with_health_window(name: impl Into<String>, health_window: Duration) -> Self {
+        ListenerMetrics {
+            name: name.into(),
+            events_processed: AtomicU64::new(0),
+            events_succeeded: AtomicU64::new(0),
+            events_failed: AtomicU64::new(0),
+            events_retried: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            attempt_failures: AtomicU64::new(0),
+            dead_letter_events: AtomicU64::new(0),
+            dead_letter_failures: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            circuit_trips: AtomicU64::new(0),
+            circuit_state: AtomicU8::new(CircuitState::Closed as u8),
+            health_window,
+            attempt_window: SlidingWindow::new(health_window, clock::now()),
+            attempt_latency: LatencyHistogram::new(),
+            event_latency: LatencyHistogram::new(),
+        }
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The length of the health window.
+    pub fn health_window(&self) -> Duration {
+        self.health_window
+    }
+
+    /// The counters and latency percentiles now (`registered_listeners` = 1; `active_listeners` = 0, the
+    /// manager fills it in).
+    pub fn snapshot(&self) -> Stats {
+        let state = self.circuit_state();
+        Stats {
+            registered_listeners: 1,
+            active_listeners: 0,
+            events_processed: self.events_processed.load(Ordering::Relaxed),
+            events_succeeded: self.events_succeeded.load(Ordering::Relaxed),
+            events_failed: self.events_failed.load(Ordering::Relaxed),
+            events_retried: self.events_retried.load(Ordering::Relaxed),
+            attempts: self.attempts.load(Ordering::Relaxed),
+            attempt_failures: self.attempt_failures.load(Ordering::Relaxed),
+            dead_letter_events: self.dead_letter_events.load(Ordering::Relaxed),
+            dead_letter_failures: self.dead_letter_failures.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            circuit_breakers: u64::from(state.is_open()),
+            circuit_trips: self.circuit_trips.load(Ordering::Relaxed),
+            event_latency: self.event_latency.summary(),
+            attempt_latency: self.attempt_latency.summary(),
+        }
+    }
+
+    /// Attempt outcomes inside the health window ending now.
+    pub fn windowed_attempts(&self) -> WindowedAttempts {
+        let counts = self.attempt_window.counts(clock::now());
+        WindowedAttempts {
+            succeeded: counts.successes,
+            failed: counts.failures,
+        }
+    }
+
+    /// The state of the listener's breaker as last reported by it ([`CircuitState::Closed`] when there is
+    /// none).
+    pub fn circuit_state(&self) -> CircuitState {
+        CircuitState::from_u8(self.circuit_state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn event_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event reached its final outcome.
+    pub(crate) fn event_finished(&self, success: bool, latency: Duration) {
+        self.event_latency.record(latency);
+        let counter = if success {
+            &self.events_succeeded
+        } else {
+            &self.events_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.events_processed.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An event's future was dropped before its outcome was known.
+    pub(crate) fn event_abandoned(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// An attempt ran to an outcome.
+    pub(crate) fn attempt_finished(&self, success: bool, latency: Duration) {
+        self.attempt_latency.record(latency);
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if !success {
+            self.attempt_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.attempt_window.record(clock::now(), success);
+    }
+
+    /// An attempt was cut off by its timeout (it counts as a failed attempt).
+    pub(crate) fn attempt_timed_out(&self, latency: Duration) {
+        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.attempt_finished(false, latency);
+    }
+
+    pub(crate) fn retried(&self) {
+        self.events_retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_letter_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_letter_failed(&self) {
+        self.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the breaker's initial state (not a trip).
+    pub(crate) fn circuit_changed_silently(&self, state: CircuitState) {
+        self.circuit_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Records a breaker transition; opening counts as a trip.
+    pub(crate) fn circuit_changed(&self, to: CircuitState) {
+        self.circuit_state.store(to as u8, Ordering::Relaxed);
+        if to == CircuitState::Open || to == CircuitState::ForcedOpen {
+            self.circuit_trips.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl fmt::Debug for ListenerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerMetrics")
+            .field("name", &self.name)
+            .field("health_window", &self.health_window)
+            .field("circuit_state", &self.circuit_state())
+            .finish_non_exhaustive()
+    }
+}

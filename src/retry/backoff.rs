@@ -1,0 +1,187 @@
+//! Backoff and jitter: the delay before each retry, as plain functions (no tokio, no tower).
+
+use std::fmt;
+use std::time::Duration;
+
+/// How the delay grows from one retry to the next, before the cap. `d` is the initial delay and `n` the
+/// retry number (1, 2, …).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// `d` every time.
+    Fixed,
+    /// `d·n`: 100 ms, 200 ms, 300 ms, …
+    Linear,
+    /// `d·factor^(n−1)`: with factor 2, 100 ms, 200 ms, 400 ms, 800 ms, …
+    Exponential {
+        /// The growth factor (at least 1). The default policy uses 2.
+        factor: f64,
+    },
+    /// `d·n²`: 100 ms, 400 ms, 900 ms, 1.6 s, 2.5 s. This is the table the Go package documents (and
+    /// computes) under the name "exponential"; here it carries its true name.
+    Quadratic,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::exponential()
+    }
+}
+
+impl Backoff {
+    /// Exponential backoff with factor 2.
+    pub const fn exponential() -> Self {
+        Backoff::Exponential { factor: 2.0 }
+    }
+
+    /// The name: "fixed", "linear", "exponential", "quadratic".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backoff::Fixed => "fixed",
+            Backoff::Linear => "linear",
+            Backoff::Exponential { .. } => "exponential",
+            Backoff::Quadratic => "quadratic",
+        }
+    }
+
+    /// The delay before retry `n` (1-based) from the initial delay `d`, before cap and jitter. Saturates at
+    /// `Duration::MAX` instead of overflowing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_listener::Backoff;
+    ///
+    /// let d = Duration::from_millis(100);
+    /// let table: Vec<u128> = (1..=5).map(|n| Backoff::Quadratic.delay(d, n).as_millis()).collect();
+    /// assert_eq!(table, [100, 400, 900, 1600, 2500]);
+    /// assert_eq!(Backoff::exponential().delay(d, 4), Duration::from_millis(800));
+    /// ```
+    pub fn delay(&self, initial: Duration, n: u32) -> Duration {
+        let n = n.max(1);
+        match *self {
+            Backoff::Fixed => initial,
+            Backoff::Linear => initial.checked_mul(n).unwrap_or(Duration::MAX),
+            Backoff::Quadratic => n
+                .checked_mul(n)
+                .and_then(|n2| initial.checked_mul(n2))
+                .unwrap_or(Duration::MAX),
+            Backoff::Exponential { factor } => {
+                let exponent = i32::try_from(n - 1).unwrap_or(i32::MAX);
+                let nanos = initial.as_nanos() as f64 * factor.powi(exponent);
+                if nanos.is_finite() && nanos < u64::MAX as f64 {
+                    Duration::from_nanos(nanos.round() as u64)
+                } else {
+                    Duration::MAX
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Backoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Randomness added to each delay, after the cap (so it survives at the cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Jitter {
+    /// The delay as computed. The default.
+    #[default]
+    None,
+    /// `U(0, delay)`.
+    Full,
+    /// `delay/2 + U(0, delay/2)`.
+    Equal,
+    /// `min(cap, U(d, 3·previous))`, where `previous` is the last delay slept (`d` at first): AWS's
+    /// "decorrelated jitter". It replaces the backoff formula.
+    Decorrelated,
+}
+
+impl Jitter {
+    /// The name: "none", "full", "equal", "decorrelated".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Jitter::None => "none",
+            Jitter::Full => "full",
+            Jitter::Equal => "equal",
+            Jitter::Decorrelated => "decorrelated",
+        }
+    }
+}
+
+/// A uniformly drawn duration in `[low, high]`.
+fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let span = u64::try_from((high - low).as_nanos()).unwrap_or(u64::MAX);
+    low + Duration::from_nanos(rng.u64(0..=span))
+}
+
+/// The delay before retry `n`: backoff, then cap, then jitter.
+pub(crate) fn retry_delay(
+    backoff: Backoff,
+    jitter: Jitter,
+    initial: Duration,
+    cap: Option<Duration>,
+    n: u32,
+    previous: Duration,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    let capped = |d: Duration| cap.map_or(d, |cap| d.min(cap));
+    match jitter {
+        Jitter::None => capped(backoff.delay(initial, n)),
+        Jitter::Full => uniform(rng, Duration::ZERO, capped(backoff.delay(initial, n))),
+        Jitter::Equal => {
+            let delay = capped(backoff.delay(initial, n));
+            let half = delay / 2;
+            uniform(rng, half, delay)
+        }
+        Jitter::Decorrelated => {
+            let high = previous.max(initial).saturating_mul(3);
+            capped(uniform(rng, initial, high))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const D: Duration = Duration::from_millis(100);
+
+    proptest! {
+        #[test]
+        fn every_jitter_stays_inside_its_bounds(seed: u64, n in 1u32..40, cap_ms in 100u64..60_000,
+                                                previous_ms in 100u64..200_000) {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let cap = Duration::from_millis(cap_ms);
+            let previous = Duration::from_millis(previous_ms);
+            for backoff in [Backoff::Fixed, Backoff::Linear, Backoff::exponential(), Backoff::Quadratic] {
+                let base = backoff.delay(D, n).min(cap);
+                let full = retry_delay(backoff, Jitter::Full, D, Some(cap), n, previous, &mut rng);
+                prop_assert!(full <= base);
+                let equal = retry_delay(backoff, Jitter::Equal, D, Some(cap), n, previous, &mut rng);
+                prop_assert!(equal >= base / 2 && equal <= base);
+                let none = retry_delay(backoff, Jitter::None, D, Some(cap), n, previous, &mut rng);
+                prop_assert_eq!(none, base);
+            }
+            let dec = retry_delay(Backoff::Fixed, Jitter::Decorrelated, D, Some(cap), n, previous, &mut rng);
+            prop_assert!(dec <= cap);
+            prop_assert!(dec >= D.min(cap));
+            prop_assert!(dec <= previous * 3);
+        }
+
+        #[test]
+        fn backoff_never_overflows(n in 1u32..=u32::MAX, initial_ms in 1u64..u64::MAX / 1_000_000) {
+            let d = Duration::from_millis(initial_ms);
+            for backoff in [Backoff::Fixed, Backoff::Linear, Backoff::exponential(), Backoff::Quadratic] {
+                prop_assert!(backoff.delay(d, n) >= d);
+            }
+        }
+    }
+}

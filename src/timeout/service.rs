@@ -1,0 +1,49 @@
+//! [`Timeout`]: the service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{BoxError, Service};
+
+use super::future::TimeoutFuture;
+use crate::metrics::ListenerMetrics;
+use crate::Error;
+
+/// A service whose attempts are cut off after a limit. Made by [`TimeoutLayer`](super::TimeoutLayer).
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+    metrics: Option<Arc<ListenerMetrics>>,
+}
+
+impl<S> Timeout<S> {
+    pub(crate) fn new(inner: S, limit: Duration, metrics: Option<Arc<ListenerMetrics>>) -> Self {
+        Timeout {
+            inner,
+            limit,
+            metrics,
+        }
+    }
+}
+
+impl<S, R> Service<R> for Timeout<S>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_boxed(e.into()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        TimeoutFuture::new(self.inner.call(request), self.limit, self.metrics.clone())
+    }
+}

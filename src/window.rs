@@ -1,0 +1,187 @@
+//! A time-bucketed sliding window of success and failure counts, shared by the circuit breaker (its failure
+//! count and rate) and by [`ListenerMetrics`](crate::ListenerMetrics) (the health window).
+//!
+//! It is a real sliding window, not a running total: the window of length `L` is cut into [`BUCKETS`]
+//! buckets of `L / BUCKETS`, a call is counted in the bucket of its time, and a read sums only the buckets
+//! younger than `L`. Recording is O(1) (two atomic operations on one bucket) and a read is O(`BUCKETS`),
+//! whatever the number of calls the window holds. A call counts for at least `L - L/BUCKETS` and never
+//! more than `L`.
+//!
+//! It uses neither tokio nor tower: every method takes the time as a plain [`Instant`], so it is tested
+//! without a runtime. It is lock-free; the only imprecision under concurrency is that a call recorded at
+//! the very moment its bucket is recycled for a new period may be lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Buckets per window: a 60 s window has ~0.94 s resolution.
+pub(crate) const BUCKETS: usize = 64;
+
+/// Counts read from a [`SlidingWindow`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WindowCounts {
+    pub(crate) successes: u64,
+    pub(crate) failures: u64,
+}
+
+impl WindowCounts {
+    pub(crate) fn total(&self) -> u64 {
+        self.successes + self.failures
+    }
+
+    /// Failures over all calls; 0 when empty.
+    pub(crate) fn failure_ratio(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            total => self.failures as f64 / total as f64,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// The period this bucket counts, plus one; 0 = never used.
+    period: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+}
+
+pub(crate) struct SlidingWindow {
+    origin: Instant,
+    bucket_nanos: u64,
+    buckets: Box<[Bucket]>,
+}
+
+impl SlidingWindow {
+    /// A window of `length` (at least [`BUCKETS`] nanoseconds are used) whose periods count from `origin`.
+    pub(crate) fn new(length: Duration, origin: Instant) -> Self {
+        let nanos = u64::try_from(length.as_nanos()).unwrap_or(u64::MAX);
+        SlidingWindow {
+            origin,
+            bucket_nanos: (nanos / BUCKETS as u64).max(1),
+            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+        }
+    }
+
+    /// The 1-based period of `now` (0 is reserved for "unused").
+    fn period(&self, now: Instant) -> u64 {
+        let since = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        since / self.bucket_nanos + 1
+    }
+
+    /// Counts one call at `now`.
+    pub(crate) fn record(&self, now: Instant, success: bool) {
+        let period = self.period(now);
+        let bucket = &self.buckets[(period % BUCKETS as u64) as usize];
+        // Acquire pairs with the Release of the thread that recycled the bucket, so its zeroing is seen
+        // before our increment.
+        let mut seen = bucket.period.load(Ordering::Acquire);
+        while seen < period {
+            match bucket
+                .period
+                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    bucket.successes.store(0, Ordering::Relaxed);
+                    bucket.failures.store(0, Ordering::Relaxed);
+                    break;
+                }
+                Err(actual) => seen = actual,
+            }
+        }
+        if seen > period {
+            // Another thread already moved this bucket to a newer period: our call is older than the
+            // window's resolution allows to place; it would fall out within one bucket anyway.
+            return;
+        }
+        let counter = if success {
+            &bucket.successes
+        } else {
+            &bucket.failures
+        };
+        // Relaxed: a count has no ordering relation with other memory.
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts of the calls recorded in the last window before `now`.
+    pub(crate) fn counts(&self, now: Instant) -> WindowCounts {
+        let current = self.period(now);
+        let oldest = current.saturating_sub(BUCKETS as u64 - 1).max(1);
+        let mut counts = WindowCounts::default();
+        for bucket in self.buckets.iter() {
+            let period = bucket.period.load(Ordering::Acquire);
+            if period >= oldest && period <= current {
+                counts.successes += bucket.successes.load(Ordering::Relaxed);
+                counts.failures += bucket.failures.load(Ordering::Relaxed);
+            }
+        }
+        counts
+    }
+
+    /// Forgets every call.
+    pub(crate) fn clear(&self) {
+        for bucket in self.buckets.iter() {
+            bucket.period.store(0, Ordering::Release);
+            bucket.successes.store(0, Ordering::Relaxed);
+            bucket.failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn counts_only_calls_inside_the_window() {
+        let origin = Instant::now();
+        let window = SlidingWindow::new(Duration::from_secs(64), origin);
+        window.record(origin, false);
+        window.record(origin + Duration::from_secs(10), true);
+        let c = window.counts(origin + Duration::from_secs(20));
+        assert_eq!((c.successes, c.failures), (1, 1));
+        // 64 s later the first call has aged out, the second not yet.
+        let c = window.counts(origin + Duration::from_secs(64));
+        assert_eq!((c.successes, c.failures), (1, 0));
+        let c = window.counts(origin + Duration::from_secs(75));
+        assert_eq!(c.total(), 0);
+    }
+
+    #[test]
+    fn a_recycled_bucket_starts_from_zero() {
+        let origin = Instant::now();
+        let window = SlidingWindow::new(Duration::from_secs(64), origin);
+        window.record(origin, false);
+        // Same bucket slot, one full window later.
+        window.record(origin + Duration::from_secs(64), true);
+        let c = window.counts(origin + Duration::from_secs(64));
+        assert_eq!((c.successes, c.failures), (1, 0));
+    }
+
+    proptest! {
+        /// Against a model that keeps every call: the window never counts a call older than its length, and
+        /// always counts every call younger than its length minus one bucket.
+        #[test]
+        fn window_counts_match_a_model(offsets in proptest::collection::vec(0u64..10_000, 1..200),
+                                       fails in proptest::collection::vec(any::<bool>(), 200),
+                                       read_at in 0u64..12_000) {
+            let origin = Instant::now();
+            let length_ms = 1_280u64; // 20 ms buckets
+            let window = SlidingWindow::new(Duration::from_millis(length_ms), origin);
+            let mut offsets = offsets;
+            offsets.sort_unstable();
+            let read_at = read_at.max(*offsets.last().unwrap());
+            for (i, off) in offsets.iter().enumerate() {
+                window.record(origin + Duration::from_millis(*off), !fails[i]);
+            }
+            let c = window.counts(origin + Duration::from_millis(read_at));
+            let bucket = length_ms / BUCKETS as u64;
+            let surely_in = offsets.iter().filter(|o| read_at - **o < length_ms - bucket).count() as u64;
+            let maybe_in = offsets.iter().filter(|o| read_at - **o < length_ms).count() as u64;
+            prop_assert!(c.total() >= surely_in, "{} < {}", c.total(), surely_in);
+            prop_assert!(c.total() <= maybe_in, "{} > {}", c.total(), maybe_in);
+        }
+    }
+}
