@@ -58,9 +58,10 @@ pub enum Error {
         limit: Option<Duration>,
     },
 
-    /// The handler failed; its error is the [`source`](std::error::Error::source).
+    /// The handler failed; its error is the [`source`](std::error::Error::source), and the
+    /// [`HandlerError`] derefs to it (`downcast_ref` finds the handler's own type).
     #[error("handler failed: {0}")]
-    Handler(#[source] Arc<dyn StdError + Send + Sync>),
+    Handler(#[source] HandlerError),
 
     /// The handler panicked; the panic message is kept.
     #[error("handler panicked: {message}")]
@@ -105,7 +106,7 @@ impl Error {
     where
         E: StdError + Send + Sync + 'static,
     {
-        Error::Handler(Arc::new(err))
+        Error::Handler(HandlerError(Arc::new(err)))
     }
 
     /// An [`Error::InvalidConfig`] for `field`.
@@ -140,7 +141,7 @@ impl Error {
         };
         match err.downcast::<tower::load_shed::error::Overloaded>() {
             Ok(_) => Error::Overloaded,
-            Err(err) => Error::Handler(Arc::from(err)),
+            Err(err) => Error::Handler(HandlerError(Arc::from(err))),
         }
     }
 
@@ -194,6 +195,41 @@ pub(crate) fn check_duration(field: &'static str, value: Duration) -> Result<(),
         return Err(Error::invalid_config(field, "must be at most 365 days"));
     }
     Ok(())
+}
+
+/// A handler's own error, shared so that [`Error`] is `Clone`.
+///
+/// It derefs to `dyn std::error::Error`, so `downcast_ref` finds the handler's type, and it is the
+/// [`source`](std::error::Error::source) of [`Error::Handler`]. (It does not implement `Error` itself:
+/// that is what makes `source()` return the handler's error rather than this wrapper.)
+#[derive(Clone)]
+pub struct HandlerError(Arc<dyn StdError + Send + Sync>);
+
+impl HandlerError {
+    /// The shared error.
+    pub fn into_inner(self) -> Arc<dyn StdError + Send + Sync> {
+        self.0
+    }
+}
+
+impl std::ops::Deref for HandlerError {
+    type Target = dyn StdError + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
 }
 
 /// A `Result` with this crate's [`Error`].

@@ -24,7 +24,7 @@ pub use dead_letter::{
     dead_letter_fn, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
     DeadLetterReason, DeadLetterSink, RedriveReport,
 };
-pub use error::{Error, Result, MAX_CONFIG_DURATION};
+pub use error::{Error, HandlerError, Result, MAX_CONFIG_DURATION};
 pub use event::Event;
 pub use limit::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
 pub use metrics::{LatencySummary, ListenerMetrics, MetricsLayer, Stats};

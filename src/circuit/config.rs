@@ -44,7 +44,6 @@ pub struct StateChange {
 /// assert_eq!(config.success_threshold, 3);
 /// ```
 #[derive(Clone)]
-#[non_exhaustive]
 pub struct CircuitConfig {
     /// Whether the breaker acts at all. Default `true`; `false` lets every call through and counts nothing.
     pub enabled: bool,

@@ -124,9 +124,9 @@ where
             let result = match this.state.as_mut().project() {
                 StateProj::Rejected { error } => {
                     // `error` is Some until this first (and only) Ready.
-                    return Poll::Ready(Err(error.take().unwrap_or(Error::CircuitOpen {
-                        retry_after: None,
-                    })));
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or(Error::CircuitOpen { retry_after: None })));
                 }
                 StateProj::NotReady { service, request } => {
                     match ready!(service.poll_ready(cx)) {

@@ -93,7 +93,9 @@ impl Breaker {
     pub(crate) fn rejects_now(&self) -> bool {
         match self.state() {
             CircuitState::ForcedOpen => true,
-            CircuitState::Open => self.nanos(clock::now()) < self.open_until.load(Ordering::Acquire),
+            CircuitState::Open => {
+                self.nanos(clock::now()) < self.open_until.load(Ordering::Acquire)
+            }
             _ => false,
         }
     }
@@ -164,15 +166,13 @@ impl Breaker {
     /// How `error` counts.
     pub(crate) fn classify(&self, error: &Error) -> CallOutcome {
         match &self.config.classifier {
-            Some(classify) => {
-                match catch_unwind(AssertUnwindSafe(|| classify(error))) {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        tracing::error!(breaker = %self.name, "circuit breaker classifier panicked; counting the error as a failure");
-                        CallOutcome::Failure
-                    }
+            Some(classify) => match catch_unwind(AssertUnwindSafe(|| classify(error))) {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::error!(breaker = %self.name, "circuit breaker classifier panicked; counting the error as a failure");
+                    CallOutcome::Failure
                 }
-            }
+            },
             None => CircuitConfig::default_classifier(error),
         }
     }

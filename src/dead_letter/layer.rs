@@ -25,7 +25,6 @@ pub type CaptureFilter = Arc<dyn Fn(DeadLetterReason) -> bool + Send + Sync>;
 ///     .capture_only(|reason| !matches!(reason, DeadLetterReason::CircuitOpen | DeadLetterReason::Overloaded));
 /// assert!(config.enabled);
 /// ```
-#[non_exhaustive]
 pub struct DeadLetterConfig<R = Event> {
     /// Whether failed events are dead-lettered. Default `true`.
     pub enabled: bool,

@@ -26,7 +26,6 @@ pub enum LimitMode {
 
 /// Settings of a [`ConcurrencyLimitLayer`]. A plain number converts into one with the default mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ConcurrencyConfig {
     /// Calls allowed in flight at once. Default 10.
     pub limit: usize,

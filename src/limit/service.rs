@@ -71,7 +71,10 @@ where
                 let acquire: super::future::Acquire = match self.mode {
                     LimitMode::Reject => return LimitFuture::rejected(self.overloaded()),
                     LimitMode::Wait => Box::pin(async move {
-                        semaphore.acquire_owned().await.map_err(|_| Error::Overloaded)
+                        semaphore
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| Error::Overloaded)
                     }),
                     LimitMode::WaitFor(wait) => Box::pin(async move {
                         match tokio::time::timeout(wait, semaphore.acquire_owned()).await {

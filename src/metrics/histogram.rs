@@ -56,7 +56,8 @@ pub(crate) struct LatencyHistogram {
 
 fn new_histogram() -> Histogram<u64> {
     // The bounds are constants that hdrhistogram accepts (low 1 ≤ high/2, sigfig ≤ 5): this cannot fail.
-    Histogram::new_with_bounds(1, HIGHEST_NANOS, SIGNIFICANT_DIGITS).expect("constant bounds are valid")
+    Histogram::new_with_bounds(1, HIGHEST_NANOS, SIGNIFICANT_DIGITS)
+        .expect("constant bounds are valid")
 }
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);

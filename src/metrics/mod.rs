@@ -134,7 +134,9 @@ impl Stats {
         self.circuit_breakers += other.circuit_breakers;
         self.circuit_trips += other.circuit_trips;
         self.event_latency = self.event_latency.merge_upper_bound(other.event_latency);
-        self.attempt_latency = self.attempt_latency.merge_upper_bound(other.attempt_latency);
+        self.attempt_latency = self
+            .attempt_latency
+            .merge_upper_bound(other.attempt_latency);
     }
 }
 

@@ -100,9 +100,10 @@ where
                     }
                     let rng = this.rng.get_or_insert_with(|| match policy.seed {
                         // Relaxed: the counter only hands out distinct numbers.
-                        Some(_) => fastrand::Rng::with_seed(mix(
-                            this.shared.next_seed.fetch_add(1, Ordering::Relaxed),
-                        )),
+                        Some(_) => fastrand::Rng::with_seed(mix(this
+                            .shared
+                            .next_seed
+                            .fetch_add(1, Ordering::Relaxed))),
                         None => fastrand::Rng::new(),
                     });
                     let delay = retry_delay(

@@ -33,7 +33,6 @@ pub type RetryCondition = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 /// assert!(policy.validate().is_ok());
 /// ```
 #[derive(Clone)]
-#[non_exhaustive]
 pub struct RetryPolicy {
     /// Retries after the first attempt: an always-failing handler runs `1 + max_retries` times (the Go
     /// package's `MaxAttempts`). Default 3; 0 disables retrying.
@@ -93,7 +92,10 @@ impl RetryPolicy {
     }
 
     /// Sets the retry condition.
-    pub fn with_condition(mut self, condition: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
+    pub fn with_condition(
+        mut self,
+        condition: impl Fn(&Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.retry_condition = Some(Arc::new(condition));
         self
     }
@@ -140,7 +142,9 @@ impl RetryPolicy {
             if !(factor.is_finite() && factor >= 1.0) {
                 return Err(Error::invalid_config(
                     "retry_policy.backoff",
-                    format!("exponential factor must be a finite number of at least 1, got {factor}"),
+                    format!(
+                        "exponential factor must be a finite number of at least 1, got {factor}"
+                    ),
                 ));
             }
         }
