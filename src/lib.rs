@@ -10,6 +10,7 @@ pub mod dead_letter;
 mod error;
 mod event;
 pub mod limit;
+pub mod manager;
 pub mod metrics;
 pub mod retry;
 pub mod timeout;
@@ -27,6 +28,10 @@ pub use dead_letter::{
 pub use error::{Error, HandlerError, Result, MAX_CONFIG_DURATION};
 pub use event::Event;
 pub use limit::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
+pub use manager::{
+    listener_fn, DispatchError, HealthStatus, HealthThresholds, Listener, ListenerConfig,
+    ListenerManager, ManagerConfig, ManagerHealthThresholds, StopReport,
+};
 pub use metrics::{LatencySummary, ListenerMetrics, MetricsLayer, Stats};
 pub use retry::{Backoff, Jitter, RetryBudget, RetryLayer, RetryPolicy};
 pub use timeout::TimeoutLayer;

@@ -263,6 +263,13 @@ impl ListenerMetrics {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
+    /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
+    pub(crate) fn event_cancelled(&self) {
+        self.events_failed.fetch_add(1, Ordering::Relaxed);
+        self.events_processed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An attempt ran to an outcome.
     pub(crate) fn attempt_finished(&self, success: bool, latency: Duration) {
         self.attempt_latency.record(latency);

@@ -109,3 +109,85 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Events for the manager tests: the event type says what the handler does.
+pub mod events {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tower_listener::{Error, Event, Listener};
+
+    use super::ScriptedFailure;
+
+    /// `kind` is one of "ok", "fail", "panic", "hang", "slow" (sleeps `data` ms, then succeeds),
+    /// "flaky" (fails the first `data` attempts of this event id, then succeeds).
+    pub fn event(id: impl Into<String>, kind: &str, data: u64) -> Event {
+        Event::new(id, kind, serde_json::json!(data))
+    }
+
+    pub type Fut = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+    /// Counts handler calls per listener.
+    #[derive(Clone, Default)]
+    pub struct Calls(Arc<AtomicUsize>);
+
+    impl Calls {
+        pub fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A listener that does what each event's type says.
+    pub fn scripted(
+        id: &str,
+    ) -> (
+        Listener<
+            impl tower::Service<Event, Response = (), Error = Error, Future = Fut>
+                + Clone
+                + Send
+                + Sync
+                + 'static,
+        >,
+        Calls,
+    ) {
+        let calls = Calls::default();
+        let seen = calls.clone();
+        let attempts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let listener = tower_listener::listener_fn(id, move |event: Event| {
+            seen.0.fetch_add(1, Ordering::SeqCst);
+            let attempts = attempts.clone();
+            Box::pin(async move {
+                let data = event.data().as_u64().unwrap_or(0);
+                match event.event_type() {
+                    "ok" => Ok(()),
+                    "fail" => Err(Error::handler(ScriptedFailure)),
+                    "panic" => panic!("scripted panic"),
+                    "hang" => std::future::pending().await,
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_millis(data)).await;
+                        Ok(())
+                    }
+                    "flaky" => {
+                        let n = {
+                            let mut map = attempts.lock().unwrap();
+                            let n = map.entry(event.id().to_owned()).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        if n <= data {
+                            Err(Error::handler(ScriptedFailure))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    other => panic!("unknown event kind {other}"),
+                }
+            }) as Fut
+        });
+        (listener, calls)
+    }
+}

@@ -1,0 +1,372 @@
+//! [`Listener`] (a handler with an id), [`listener_fn`], and the manager's per-listener state: the built
+//! stack, its metrics and breaker, and the bookkeeping that lets `stop` and `unregister` wait for and
+//! cancel in-flight events without losing one.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+use tower::util::{MapResponseLayer, ServiceFn};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+use super::config::{ListenerConfig, ManagerConfig};
+use super::health::{HealthStatus, HealthThresholds};
+use crate::catch_panic::CatchPanicLayer;
+use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::dead_letter::{
+    CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
+    DeadLetterReason, DeadLetterSink,
+};
+use crate::limit::ConcurrencyLimitLayer;
+use crate::metrics::{ListenerMetrics, MetricsLayer};
+use crate::retry::RetryLayer;
+use crate::timeout::TimeoutLayer;
+use crate::{Error, Event};
+
+/// An event handler with an id: any `tower::Service<Event<T>>` that is `Clone`.
+///
+/// ```
+/// use tower::service_fn;
+/// use tower_listener::{Event, Listener, listener_fn};
+///
+/// // From an async closure:
+/// let a = listener_fn("order-processor", |event: Event| async move {
+///     println!("processing {}", event.id());
+///     Ok::<_, std::io::Error>(())
+/// });
+/// // From any service:
+/// let b = Listener::new("audit", service_fn(|_event: Event| async { Ok::<_, std::io::Error>(()) }));
+/// assert_eq!(a.id(), "order-processor");
+/// # let _ = b;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Listener<S> {
+    id: String,
+    service: S,
+}
+
+impl<S> Listener<S> {
+    /// A listener named `id` around `service`.
+    pub fn new(id: impl Into<String>, service: S) -> Self {
+        Listener {
+            id: id.into(),
+            service,
+        }
+    }
+
+    /// The id it is registered under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A listener from an async closure `Fn(Event<T>) -> impl Future<Output = Result<R, E>>`, where `E` is any
+/// error (`Into<tower::BoxError>`); the response `R` is discarded.
+pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
+    Listener::new(id, tower::service_fn(f))
+}
+
+/// A boxed stack future: the one allocation per event, where the handler type is erased.
+pub(crate) type StackFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>;
+
+/// A listener's built stack with its handler type erased.
+pub(crate) trait EventStack<T>: Send + Sync {
+    fn call(&self, event: Event<T>) -> StackFuture;
+}
+
+struct Stack<S>(S);
+
+impl<S, T> EventStack<T> for Stack<S>
+where
+    S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    T: Send + Sync + 'static,
+{
+    fn call(&self, event: Event<T>) -> StackFuture {
+        let mut service = self.0.clone();
+        Box::pin(async move { service.ready().await?.call(event).await })
+    }
+}
+
+/// Counts a listener's accepted events until they end, so `stop` and `unregister` can wait for them.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Waits until no event is in flight.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            // SeqCst: pairs with the SeqCst increment in `ManagedListener::accept`, see there.
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// The state of a registered listener.
+pub(crate) struct ManagedListener<T> {
+    pub(crate) id: String,
+    pub(crate) metrics: Arc<ListenerMetrics>,
+    pub(crate) breaker: CircuitBreakerHandle,
+    pub(crate) health: HealthThresholds,
+    /// The full stack: metrics → dead letter → retry → breaker → limit → timeout → metrics → handler.
+    stack: Box<dyn EventStack<T>>,
+    /// The same stack without the dead-letter and per-event layers, for redrive.
+    redrive_stack: Box<dyn EventStack<T>>,
+    dead_letters_enabled: bool,
+    sink: Arc<dyn DeadLetterSink<Event<T>>>,
+    capture: Option<CaptureFilter>,
+    /// The listener's own queue when no sink was configured.
+    pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
+    pub(crate) in_flight: InFlight,
+    /// The current run (bumped by every `start`); events remember the run they were accepted in.
+    run: AtomicU64,
+    /// Runs up to and including this one are cancelled.
+    cancelled_through: AtomicU64,
+    cancelled: Notify,
+    /// Events cancelled by a shutdown, over the listener's life.
+    pub(crate) shutdowns: AtomicU64,
+}
+
+impl<T: Send + Sync + 'static> ManagedListener<T> {
+    pub(crate) fn build<S, R, E>(
+        listener: Listener<S>,
+        config: ListenerConfig<T>,
+        manager: &ManagerConfig,
+    ) -> Result<Self, Error>
+    where
+        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        E: Into<BoxError>,
+    {
+        if listener.id.trim().is_empty() {
+            return Err(Error::invalid_config("id", "must not be empty"));
+        }
+        config.validate()?;
+        let name = config.name.clone().unwrap_or_else(|| listener.id.clone());
+        let metrics = Arc::new(ListenerMetrics::with_health_window(
+            name,
+            config.health_window,
+        ));
+        let (sink, queue): (Arc<dyn DeadLetterSink<Event<T>>>, _) = match &config.dead_letter.sink {
+            Some(sink) => (sink.clone(), None),
+            None => {
+                let queue = DeadLetterQueue::new(manager.dead_letter_capacity);
+                (Arc::new(queue.clone()), Some(queue))
+            }
+        };
+        let dead_letter_config = DeadLetterConfig {
+            enabled: config.dead_letter.enabled,
+            max_retries: config.dead_letter.max_retries,
+            sink: Some(sink.clone()),
+            capture: config.dead_letter.capture.clone(),
+        };
+        let retry = RetryLayer::with_metrics(config.effective_retry_policy(), metrics.clone())?;
+        let breaker = CircuitBreakerLayer::with_metrics(config.circuit.clone(), metrics.clone())?;
+        let handle = breaker.handle();
+        let limit =
+            ConcurrencyLimitLayer::new(config.concurrency_config())?.with_metrics(metrics.clone());
+        let timeout = TimeoutLayer::new(config.timeout)?.with_metrics(metrics.clone());
+        let handler = ServiceBuilder::new()
+            .layer(MapResponseLayer::new(|_: R| ()))
+            .service(listener.service);
+        // retry → breaker → limit → timeout → per-attempt metrics → panic catcher → handler
+        let attempts = ServiceBuilder::new()
+            .layer(retry)
+            .layer(breaker)
+            .layer(limit)
+            .layer(timeout)
+            .layer(MetricsLayer::per_attempt(metrics.clone()))
+            .layer(CatchPanicLayer)
+            .service(handler);
+        let full = ServiceBuilder::new()
+            .layer(MetricsLayer::per_event(metrics.clone()))
+            .layer(DeadLetterLayer::with_metrics(
+                dead_letter_config,
+                metrics.clone(),
+            )?)
+            .service(attempts.clone());
+        Ok(ManagedListener {
+            id: listener.id,
+            metrics,
+            breaker: handle,
+            health: config.health,
+            stack: Box::new(Stack(full)),
+            redrive_stack: Box::new(Stack(attempts)),
+            dead_letters_enabled: config.dead_letter.enabled,
+            sink,
+            capture: config.dead_letter.capture,
+            queue,
+            in_flight: InFlight::default(),
+            run: AtomicU64::new(0),
+            cancelled_through: AtomicU64::new(0),
+            cancelled: Notify::new(),
+            shutdowns: AtomicU64::new(0),
+        })
+    }
+}
+
+impl<T> ManagedListener<T> {
+    pub(crate) fn health(&self) -> HealthStatus {
+        self.health
+            .listener_health(self.breaker.state(), self.metrics.windowed_attempts())
+    }
+
+    /// Starts a new run: events accepted from now on are not cancelled by an earlier `stop`.
+    pub(crate) fn start_run(&self) {
+        self.run.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Cancels every event accepted in the current or an earlier run.
+    pub(crate) fn cancel_run(&self) {
+        self.cancelled_through
+            .store(self.run.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.cancelled.notify_waiters();
+    }
+
+    fn is_cancelled(&self, run: u64) -> bool {
+        self.cancelled_through.load(Ordering::SeqCst) >= run
+    }
+}
+
+impl<T: Send + Sync + 'static> ManagedListener<T> {
+    /// Runs one accepted event through the full stack. If the listener's run is cancelled (a shutdown past
+    /// its deadline) first, the event is dropped from the stack and dead-lettered with reason `Shutdown`.
+    pub(crate) async fn run(&self, event: Event<T>, run: u64) -> Result<(), Error> {
+        if self.is_cancelled(run) {
+            return Err(self.shut_down(event).await);
+        }
+        let mut future = self.stack.call(event.clone());
+        let outcome = {
+            let cancelled = async {
+                loop {
+                    let notified = self.cancelled.notified();
+                    if self.is_cancelled(run) {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::select! {
+                biased;
+                result = &mut future => Some(result),
+                () = cancelled => None,
+            }
+        };
+        match outcome {
+            Some(result) => {
+                if let Err(error) = &result {
+                    if !self.dead_letters_enabled {
+                        tracing::warn!(target: "tower_listener::manager", listener = %self.id, error = %error, "event failed; dead letters are disabled for this listener");
+                    }
+                }
+                result
+            }
+            None => {
+                drop(future);
+                Err(self.shut_down(event).await)
+            }
+        }
+    }
+
+    /// Dead-letters an event cancelled by a shutdown and counts it as a failed event.
+    async fn shut_down(&self, event: Event<T>) -> Error {
+        self.shutdowns.fetch_add(1, Ordering::Relaxed);
+        self.metrics.event_cancelled();
+        let reason = DeadLetterReason::Shutdown;
+        let capture = self
+            .capture
+            .as_ref()
+            .is_none_or(|f| catch_unwind(AssertUnwindSafe(|| f(reason))).unwrap_or(true));
+        if !self.dead_letters_enabled || !capture {
+            tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), "event cancelled by shutdown and not dead-lettered");
+            return Error::Stopped;
+        }
+        let now = SystemTime::now();
+        let letter = DeadLetter {
+            request: event,
+            error: Error::Stopped,
+            listener: Arc::from(self.metrics.name()),
+            attempts: 0,
+            first_failure_at: now,
+            dead_lettered_at: now,
+            reason,
+        };
+        let sent = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
+            Ok(sending) => match tokio::spawn(sending).await {
+                Ok(result) => result,
+                Err(join) => Err(BoxError::from(format!("sink panicked: {join}"))),
+            },
+            Err(_) => Err(BoxError::from("sink panicked")),
+        };
+        match sent {
+            Ok(()) => self.metrics.dead_lettered(),
+            Err(e) => {
+                self.metrics.dead_letter_failed();
+                tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed");
+            }
+        }
+        Error::Stopped
+    }
+
+    /// Re-processes the listener's queued dead letters without the dead-letter layer.
+    pub(crate) async fn redrive(&self) -> Option<crate::dead_letter::RedriveReport> {
+        let queue = self.queue.as_ref()?;
+        let service = tower::service_fn(|event: Event<T>| self.redrive_stack.call(event));
+        Some(queue.redrive(service).await)
+    }
+
+    /// Flushes the dead-letter sink, logging a failure.
+    pub(crate) async fn flush(&self) {
+        let flushed = match catch_unwind(AssertUnwindSafe(|| self.sink.flush())) {
+            Ok(flushing) => match tokio::spawn(flushing).await {
+                Ok(result) => result,
+                Err(join) => Err(BoxError::from(format!("sink panicked: {join}"))),
+            },
+            Err(_) => Err(BoxError::from("sink panicked")),
+        };
+        if let Err(e) = flushed {
+            tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed to flush");
+        }
+    }
+}
+
+/// An accepted event's claim on its listener's in-flight count.
+pub(crate) struct Accepted<T> {
+    pub(crate) listener: Arc<ManagedListener<T>>,
+    pub(crate) run: u64,
+}
+
+impl<T> Accepted<T> {
+    /// Counts an event as in flight on `listener`. The increment is SeqCst and happens before the caller
+    /// checks that the manager is running (also SeqCst), while `stop` clears that flag before it reads the
+    /// count: so either the caller sees "not running" and backs out, or `stop` sees this event and waits.
+    pub(crate) fn new(listener: Arc<ManagedListener<T>>) -> Self {
+        listener.in_flight.count.fetch_add(1, Ordering::SeqCst);
+        let run = listener.run.load(Ordering::SeqCst);
+        Accepted { listener, run }
+    }
+}
+
+impl<T> Drop for Accepted<T> {
+    fn drop(&mut self) {
+        let in_flight = &self.listener.in_flight;
+        if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            in_flight.idle.notify_waiters();
+        }
+    }
+}

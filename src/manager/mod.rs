@@ -1,0 +1,496 @@
+//! The [`ListenerManager`]: a registry that builds one resilient stack per listener, runs events through it
+//! (`process`, or `dispatch` through a bounded worker pool), and reports health and stats.
+//!
+//! Reach for it when a service handles several kinds of events and each needs its own protection: register
+//! a handler with a [`ListenerConfig`] and the manager builds, in this order (outermost first),
+//!
+//! metrics (per event) → dead letter → retry → circuit breaker → concurrency limit → timeout →
+//! metrics (per attempt) → panic catcher → handler,
+//!
+//! all sharing one [`ListenerMetrics`](crate::ListenerMetrics).
+//!
+//! **Lifecycle.** `start` starts the dispatch workers (a second `start` is [`Error::AlreadyRunning`]);
+//! `process`/`dispatch` before `start` or after `stop` are [`Error::NotRunning`]; `register` while running
+//! starts the listener at once; `start` after `stop` works. `stop(deadline)` stops accepting, waits for
+//! every accepted event (queued, running, or sleeping between retries) up to the deadline, then cancels what
+//! is left and dead-letters it with reason [`Shutdown`](crate::DeadLetterReason::Shutdown), and flushes the
+//! sinks. `unregister` does the same for one listener without blocking the others.
+//!
+//! **Guarantee.** Every event accepted by `dispatch` ends exactly once as succeeded or dead-lettered, and
+//! every `process` call returns its event's outcome. A listener whose dead letters are disabled gives this
+//! up: its failed events are logged (and counted in `events_failed`) instead.
+//!
+//! **How it fails.** Bad configuration is [`Error::InvalidConfig`] from `register`, naming the field. A full
+//! dispatch queue is [`Error::Overloaded`] at once, with the event handed back in the [`DispatchError`].
+
+mod config;
+mod health;
+mod listener;
+mod pool;
+
+pub use config::{ListenerConfig, ManagerConfig};
+pub use health::{HealthStatus, HealthThresholds, ManagerHealthThresholds};
+pub use listener::{listener_fn, Listener};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tower::{BoxError, Service};
+
+use crate::circuit::CircuitBreakerHandle;
+use crate::dead_letter::{DeadLetterQueue, RedriveReport};
+use crate::metrics::{ListenerMetrics, Stats};
+use crate::{Error, Event};
+use listener::{Accepted, ManagedListener};
+use pool::{Job, Pool};
+
+/// `dispatch` refused an event: why, and the event itself, untouched.
+pub struct DispatchError<T = serde_json::Value> {
+    /// [`Error::Overloaded`] (queue full), [`Error::NotRunning`] or [`Error::NotFound`].
+    pub error: Error,
+    /// The event, handed back.
+    pub event: Event<T>,
+}
+
+impl<T> fmt::Debug for DispatchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DispatchError")
+            .field("error", &self.error)
+            .field("event", &self.event.id())
+            .finish()
+    }
+}
+
+impl<T> fmt::Display for DispatchError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "event {} not dispatched: {}",
+            self.event.id(),
+            self.error
+        )
+    }
+}
+
+impl<T> std::error::Error for DispatchError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<T> From<DispatchError<T>> for Error {
+    fn from(e: DispatchError<T>) -> Self {
+        e.error
+    }
+}
+
+/// What `stop` (or `unregister`) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StopReport {
+    /// True when every accepted event ended before the deadline.
+    pub drained: bool,
+    /// Events cancelled at the deadline (each dead-lettered with reason `Shutdown`).
+    pub cancelled: u64,
+}
+
+/// A registry of resilient listeners. See the [module docs](self).
+///
+/// `ListenerManager` is a cheap handle (`Clone`, `Send + Sync`): axum state and many tasks can hold it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{Event, HealthStatus, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+/// let manager = ListenerManager::new(ManagerConfig::named("app-manager"))?;
+/// manager.register(
+///     listener_fn("order-processor", |event: Event| async move {
+///         // ... process the order ...
+///         Ok::<_, std::io::Error>(())
+///     }),
+///     ListenerConfig::default(),
+/// )?;
+/// manager.start().await?;
+/// manager.process("order-processor", Event::new("o-1", "order.created", serde_json::json!({}))).await?;
+/// assert_eq!(manager.health(), HealthStatus::Healthy);
+/// assert_eq!(manager.stats().events_succeeded, 1);
+/// manager.stop(Duration::from_secs(30)).await?;
+/// # Ok(()) }
+/// ```
+pub struct ListenerManager<T = serde_json::Value> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for ListenerManager<T> {
+    fn clone(&self) -> Self {
+        ListenerManager {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<T> {
+    config: ManagerConfig,
+    listeners: RwLock<HashMap<String, Arc<ManagedListener<T>>>>,
+    /// Read on every `process`/`dispatch`; written under `lifecycle`.
+    running: AtomicBool,
+    /// Serializes start/stop.
+    lifecycle: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+    pool: Pool<T>,
+    /// Registration and unregistration take this so a listener is never started twice.
+    registry: Mutex<()>,
+}
+
+impl<T> fmt::Debug for ListenerManager<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerManager")
+            .field("name", &self.inner.config.name)
+            .field("running", &self.is_running())
+            .field("listeners", &self.listeners())
+            .finish()
+    }
+}
+
+impl<T> ListenerManager<T> {
+    /// Whether the manager is running (started and not stopped).
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ManagedListener<T>>>> {
+        // No code panics while holding this lock; a poisoned map is still consistent.
+        self.inner
+            .listeners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<ManagedListener<T>>, Error> {
+        self.read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    fn all(&self) -> Vec<Arc<ManagedListener<T>>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// The ids of the registered listeners, sorted.
+    pub fn listeners(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The health of one listener.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn listener_health(&self, id: &str) -> Result<HealthStatus, Error> {
+        Ok(self.get(id)?.health())
+    }
+
+    /// The health of the manager, from its listeners' (see [`ManagerHealthThresholds`]). Never changes a
+    /// breaker.
+    pub fn health(&self) -> HealthStatus {
+        let listeners = self.all();
+        self.inner
+            .config
+            .health
+            .manager_health(listeners.iter().map(|l| l.health()))
+    }
+
+    /// The health of every listener, by id, sorted.
+    pub fn listener_healths(&self) -> Vec<(String, HealthStatus)> {
+        let mut all: Vec<_> = self
+            .all()
+            .iter()
+            .map(|l| (l.id.clone(), l.health()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// One listener's stats.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn listener_stats(&self, id: &str) -> Result<Stats, Error> {
+        let listener = self.get(id)?;
+        Ok(self.stats_of(&listener))
+    }
+
+    fn stats_of(&self, listener: &ManagedListener<T>) -> Stats {
+        let mut stats = listener.metrics.snapshot();
+        stats.active_listeners = u64::from(self.is_running());
+        stats
+    }
+
+    /// The sum of every listener's stats (latency percentiles: the largest of the listeners', an upper
+    /// bound).
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for listener in self.all() {
+            total.add(&self.stats_of(&listener));
+        }
+        total
+    }
+
+    /// The metrics of one listener, to read or to share.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn listener_metrics(&self, id: &str) -> Result<Arc<ListenerMetrics>, Error> {
+        Ok(self.get(id)?.metrics.clone())
+    }
+
+    /// The handle to one listener's circuit breaker (for `force_open`, `reset`, …).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn circuit_breaker(&self, id: &str) -> Result<CircuitBreakerHandle, Error> {
+        Ok(self.get(id)?.breaker.clone())
+    }
+
+    /// The in-memory dead-letter queue the manager made for a listener configured without a sink (`None`
+    /// when the listener has its own sink).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub fn dead_letters(&self, id: &str) -> Result<Option<DeadLetterQueue<Event<T>>>, Error> {
+        Ok(self.get(id)?.queue.clone())
+    }
+}
+
+impl<T: Send + Sync + 'static> ListenerManager<T> {
+    /// A stopped manager with no listeners.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad field of `config`.
+    pub fn new(config: ManagerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(ListenerManager {
+            inner: Arc::new(Inner {
+                pool: Pool::new(config.queue),
+                config,
+                listeners: RwLock::new(HashMap::new()),
+                running: AtomicBool::new(false),
+                lifecycle: tokio::sync::Mutex::new(Vec::new()),
+                registry: Mutex::new(()),
+            }),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the listener's stack and registers it under its id. If the manager is running, the listener
+    /// accepts events at once.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRegistered`] for a taken id; [`Error::InvalidConfig`] for an empty id or a bad
+    /// config field (named).
+    pub fn register<S, R, E>(
+        &self,
+        listener: Listener<S>,
+        config: ListenerConfig<T>,
+    ) -> Result<(), Error>
+    where
+        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        E: Into<BoxError>,
+    {
+        let managed = ManagedListener::build(listener, config, &self.inner.config)?;
+        let _registry = self.registry();
+        let mut listeners = self
+            .inner
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if listeners.contains_key(&managed.id) {
+            return Err(Error::AlreadyRegistered(managed.id));
+        }
+        managed.start_run();
+        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
+        listeners.insert(managed.id.clone(), Arc::new(managed));
+        Ok(())
+    }
+
+    /// Removes a listener: new events for it fail with [`Error::NotFound`]; its in-flight events get up to
+    /// [`ManagerConfig::unregister_timeout`] to end, then are cancelled and dead-lettered with reason
+    /// `Shutdown`; its sink is flushed. Other listeners are not blocked meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub async fn unregister(&self, id: &str) -> Result<StopReport, Error> {
+        let listener = {
+            let _registry = self.registry();
+            self.inner
+                .listeners
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id)
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?
+        };
+        let report = drain(
+            std::slice::from_ref(&listener),
+            self.inner.config.unregister_timeout,
+        )
+        .await;
+        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %id, cancelled = report.cancelled, "listener unregistered");
+        Ok(report)
+    }
+
+    /// Starts the manager: the dispatch workers start and every listener accepts events.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`] when it is running.
+    pub async fn start(&self) -> Result<(), Error> {
+        let mut workers = self.inner.lifecycle.lock().await;
+        if self.is_running() {
+            return Err(Error::AlreadyRunning);
+        }
+        for listener in self.all() {
+            listener.start_run();
+        }
+        *workers = self.inner.pool.spawn_workers(self.inner.config.workers);
+        self.inner.running.store(true, Ordering::SeqCst);
+        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, "manager started");
+        Ok(())
+    }
+
+    /// Stops the manager: no new events are accepted; accepted ones (queued, running, or waiting between
+    /// retries) get until `deadline` to end; what is left is cancelled and dead-lettered with reason
+    /// `Shutdown`; the sinks are flushed and the workers stopped. Stopping a stopped manager is `Ok`.
+    pub async fn stop(&self, deadline: Duration) -> Result<StopReport, Error> {
+        let mut workers = self.inner.lifecycle.lock().await;
+        if !self.is_running() {
+            return Ok(StopReport {
+                drained: true,
+                cancelled: 0,
+            });
+        }
+        self.inner.running.store(false, Ordering::SeqCst);
+        let listeners = self.all();
+        let report = drain(&listeners, deadline).await;
+        self.inner
+            .pool
+            .stop_workers(std::mem::take(&mut *workers))
+            .await;
+        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, drained = report.drained, cancelled = report.cancelled, "manager stopped");
+        Ok(report)
+    }
+
+    fn accept(&self, id: &str) -> Result<Accepted<T>, Error> {
+        let listener = self.get(id)?;
+        let accepted = Accepted::new(listener);
+        // After the SeqCst increment in Accepted::new: see there.
+        if !self.inner.running.load(Ordering::SeqCst) {
+            return Err(Error::NotRunning);
+        }
+        Ok(accepted)
+    }
+
+    /// Runs one event through the listener's whole stack and returns its final outcome (after retries; a
+    /// failure has been dead-lettered by then).
+    ///
+    /// Dropping the returned future cancels the event (nothing is dead-lettered: the caller still holds it).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotRunning`], or the event's own final error.
+    pub async fn process(&self, id: &str, event: Event<T>) -> Result<(), Error> {
+        let accepted = self.accept(id)?;
+        let result = accepted.listener.run(event, accepted.run).await;
+        drop(accepted);
+        result
+    }
+
+    /// Queues an event for the worker pool and returns at once. Its outcome is final inside the stack:
+    /// success, or a dead letter.
+    ///
+    /// # Errors
+    /// A [`DispatchError`] holding the event: [`Error::Overloaded`] when the queue is full,
+    /// [`Error::NotRunning`], or [`Error::NotFound`].
+    pub fn dispatch(&self, id: &str, event: Event<T>) -> Result<(), DispatchError<T>> {
+        let accepted = match self.accept(id) {
+            Ok(accepted) => accepted,
+            Err(error) => return Err(DispatchError { error, event }),
+        };
+        match self.inner.pool.try_send(Job { accepted, event }) {
+            Ok(()) => Ok(()),
+            Err(job) => {
+                job.accepted.listener.metrics.rejected();
+                Err(DispatchError {
+                    error: Error::Overloaded,
+                    event: job.event,
+                })
+            }
+        }
+    }
+
+    /// Re-processes the dead letters the manager keeps for a listener (its default in-memory queue)
+    /// through its stack without the dead-letter layer: each letter that now succeeds is removed, each
+    /// that fails again is kept. `None` when the listener has its own sink.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::NotRunning`] while the manager is stopped.
+    pub async fn redrive(&self, id: &str) -> Result<Option<RedriveReport>, Error> {
+        let accepted = self.accept(id)?;
+        let report = accepted.listener.redrive().await;
+        drop(accepted);
+        Ok(report)
+    }
+}
+
+/// Waits for the listeners' accepted events up to `deadline`, cancels the rest, waits for the
+/// cancellations to finish, and flushes the sinks.
+async fn drain<T: Send + Sync + 'static>(
+    listeners: &[Arc<ManagedListener<T>>],
+    deadline: Duration,
+) -> StopReport {
+    let before: u64 = listeners
+        .iter()
+        .map(|l| l.shutdowns.load(Ordering::Relaxed))
+        .sum();
+    let all_idle = async {
+        for listener in listeners {
+            listener.in_flight.wait_idle().await;
+        }
+    };
+    let drained = tokio::time::timeout(deadline, all_idle).await.is_ok();
+    if !drained {
+        for listener in listeners {
+            tracing::warn!(target: "tower_listener::manager", listener = %listener.id, in_flight = listener.in_flight.count(), "shutdown deadline passed; cancelling in-flight events");
+            listener.cancel_run();
+        }
+        for listener in listeners {
+            listener.in_flight.wait_idle().await;
+        }
+    }
+    for listener in listeners {
+        listener.flush().await;
+    }
+    let after: u64 = listeners
+        .iter()
+        .map(|l| l.shutdowns.load(Ordering::Relaxed))
+        .sum();
+    StopReport {
+        drained,
+        cancelled: after - before,
+    }
+}
