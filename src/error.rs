@@ -38,7 +38,7 @@ use tower::BoxError;
 pub enum Error {
     /// The circuit breaker is open (or half-open with every probe slot taken) and rejected the call without
     /// running it.
-    #[error("circuit breaker is open; retry after {retry_after:?}")]
+    #[error("circuit breaker is open{}", after(" (retry after ", *retry_after, ")"))]
     CircuitOpen {
         /// How long until the breaker admits a probe; `None` when it is half-open (retry as soon as a
         /// probe finishes) or forced open (no time is known).
@@ -51,7 +51,7 @@ pub enum Error {
     Overloaded,
 
     /// An attempt ran past its time limit and was cancelled.
-    #[error("attempt timed out after {limit:?}")]
+    #[error("attempt timed out{}", after(" after ", *limit, ""))]
     Timeout {
         /// The limit that was exceeded; `None` when the timeout came from a layer that does not report
         /// it (tower's own `Timeout`).
@@ -98,6 +98,11 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// `"{before}{duration:?}{after}"`, or nothing for `None` (for the messages above).
+fn after(before: &str, duration: Option<Duration>, after: &str) -> String {
+    duration.map_or_else(String::new, |d| format!("{before}{d:?}{after}"))
 }
 
 impl Error {
