@@ -187,22 +187,45 @@ async fn main() -> Result<(), Error> {
 
     let report = manager.stop(Duration::from_secs(10)).await?;
     progress(&manager, started, accepted);
-    println!("\n\nstopped after {:.2?}: drained = {}, cancelled = {}\n", started.elapsed(), report.drained, report.cancelled);
+    println!(
+        "\n\nstopped after {:.2?}: drained = {}, cancelled = {}\n",
+        started.elapsed(),
+        report.drained,
+        report.cancelled
+    );
 
     print_report(&manager, &transitions)?;
 
     // The guarantees, checked: every accepted event ended exactly once, and the stats add up.
     let stats = manager.stats();
     assert_eq!(refused, 0);
-    assert_eq!(stats.events_processed, accepted, "every accepted event has a final outcome");
-    assert_eq!(stats.events_processed, stats.events_succeeded + stats.events_failed);
+    assert_eq!(
+        stats.events_processed, accepted,
+        "every accepted event has a final outcome"
+    );
+    assert_eq!(
+        stats.events_processed,
+        stats.events_succeeded + stats.events_failed
+    );
     let dead_letters: u64 = manager
         .listeners()
         .iter()
-        .map(|id| manager.dead_letters(id).ok().flatten().map_or(0, |q| q.len() as u64))
+        .map(|id| {
+            manager
+                .dead_letters(id)
+                .ok()
+                .flatten()
+                .map_or(0, |q| q.len() as u64)
+        })
         .sum();
-    assert_eq!(stats.events_failed, dead_letters, "every failed event is a dead letter");
-    println!("\nall {accepted} events accounted for: {} succeeded, {} dead-lettered", stats.events_succeeded, dead_letters);
+    assert_eq!(
+        stats.events_failed, dead_letters,
+        "every failed event is a dead letter"
+    );
+    println!(
+        "\nall {accepted} events accounted for: {} succeeded, {} dead-lettered",
+        stats.events_succeeded, dead_letters
+    );
     Ok(())
 }
 
@@ -235,13 +258,31 @@ fn progress(manager: &ListenerManager, started: Instant, accepted: u64) {
     let _ = std::io::stdout().flush();
 }
 
-type Transitions = Mutex<Vec<(Duration, String, tower_listener::CircuitState, tower_listener::CircuitState)>>;
+type Transitions = Mutex<
+    Vec<(
+        Duration,
+        String,
+        tower_listener::CircuitState,
+        tower_listener::CircuitState,
+    )>,
+>;
 
 fn print_report(manager: &ListenerManager, transitions: &Transitions) -> Result<(), Error> {
     println!("manager health: {}", manager.health());
     println!(
         "\n{:<14} {:<13} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
-        "listener", "health", "events", "ok", "failed", "retries", "timeouts", "rejected", "dead", "p50", "p99", "max"
+        "listener",
+        "health",
+        "events",
+        "ok",
+        "failed",
+        "retries",
+        "timeouts",
+        "rejected",
+        "dead",
+        "p50",
+        "p99",
+        "max"
     );
     for id in manager.listeners() {
         let s = manager.listener_stats(&id)?;
@@ -273,7 +314,9 @@ fn print_report(manager: &ListenerManager, transitions: &Transitions) -> Result<
 
     println!("\ndead letters by reason:");
     for id in manager.listeners() {
-        let Some(queue) = manager.dead_letters(&id)? else { continue };
+        let Some(queue) = manager.dead_letters(&id)? else {
+            continue;
+        };
         let letters = queue.list();
         let mut by_reason: BTreeMap<&'static str, usize> = BTreeMap::new();
         for letter in &letters {
@@ -287,7 +330,10 @@ fn print_report(manager: &ListenerManager, transitions: &Transitions) -> Result<
         {
             println!(
                 "  {:<14}      e.g. {} after {} attempt(s): {}",
-                "", example.request.id(), example.attempts, example.error
+                "",
+                example.request.id(),
+                example.attempts,
+                example.error
             );
         }
     }

@@ -7,7 +7,7 @@
 //! metrics (per event) → dead letter → retry → circuit breaker → concurrency limit → timeout →
 //! metrics (per attempt) → panic catcher → handler,
 //!
-//! all sharing one [`ListenerMetrics`](crate::ListenerMetrics).
+//! all sharing one [`ListenerMetrics`].
 //!
 //! **Lifecycle.** `start` starts the dispatch workers (a second `start` is [`Error::AlreadyRunning`]);
 //! `process`/`dispatch` before `start` or after `stop` are [`Error::NotRunning`]; `register` while running
