@@ -69,14 +69,22 @@ where
     fn call(&mut self, request: R) -> Self::Future {
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => CatchPanicFuture {
-                inner: Some(future),
-                panicked: None,
+                state: State::Running { future },
             },
             Err(payload) => CatchPanicFuture {
-                inner: None,
-                panicked: Some(Error::from_panic(payload)),
+                state: State::Panicked {
+                    error: Some(Error::from_panic(payload)),
+                },
             },
         }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: F },
+        Panicked { error: Option<Error> },
     }
 }
 
@@ -84,8 +92,7 @@ pin_project! {
     /// The response future of [`CatchPanic`].
     pub struct CatchPanicFuture<F> {
         #[pin]
-        inner: Option<F>,
-        panicked: Option<Error>,
+        state: State<F>,
     }
 }
 
@@ -98,16 +105,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return Poll::Ready(Err(this.panicked.take().unwrap_or(Error::Panicked {
-                message: "polled after a panic".into(),
-            })));
+        let future = match this.state.as_mut().project() {
+            StateProj::Running { future } => future,
+            StateProj::Panicked { error } => {
+                return Poll::Ready(Err(error.take().unwrap_or(Error::Panicked {
+                    message: "polled after a panic".into(),
+                })))
+            }
         };
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(poll) => poll.map(|r| r.map_err(|e| Error::from_boxed(e.into()))),
             Err(payload) => {
                 // The inner future is in an unknown state after a panic: drop it now.
-                this.inner.set(None);
+                this.state.set(State::Panicked { error: None });
                 Poll::Ready(Err(Error::from_panic(payload)))
             }
         }

@@ -51,7 +51,8 @@ pin_project! {
     #[project = StateProj]
     enum State<S, R, F> {
         Rejected { error: Option<Error> },
-        NotReady { service: S, request: Option<R> },
+        // Rare (admitted while the inner service was not polled ready): boxed to keep the future small.
+        NotReady { waiting: Box<(S, Option<R>)> },
         Running { #[pin] future: F },
     }
 }
@@ -103,8 +104,7 @@ where
     pub(crate) fn not_ready(service: S, request: R, breaker: Arc<Breaker>, ticket: Ticket) -> Self {
         CircuitFuture {
             state: State::NotReady {
-                service,
-                request: Some(request),
+                waiting: Box::new((service, Some(request))),
             },
             admitted: Self::admitted(breaker, ticket),
         }
@@ -128,7 +128,8 @@ where
                         .take()
                         .unwrap_or(Error::CircuitOpen { retry_after: None })));
                 }
-                StateProj::NotReady { service, request } => {
+                StateProj::NotReady { waiting } => {
+                    let (service, request) = &mut **waiting;
                     match ready!(service.poll_ready(cx)) {
                         Ok(()) => match request.take() {
                             Some(request) => {

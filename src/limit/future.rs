@@ -6,22 +6,29 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 use tower::{BoxError, Service};
 
+use super::permits::Permit;
 use crate::metrics::ListenerMetrics;
 use crate::Error;
 
-/// The wait for a permit (boxed: tokio's acquire future has no nameable type; only calls that wait pay it).
-pub(crate) type Acquire =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, Error>> + Send + 'static>>;
+/// The wait for a permit (boxed: an async fn's future has no nameable type; only calls that wait pay it).
+pub(crate) type Acquire = Pin<Box<dyn Future<Output = Result<Permit, Error>> + Send + 'static>>;
+
+struct Waiting<S, R> {
+    acquire: Acquire,
+    service: S,
+    request: Option<R>,
+    metrics: Option<Arc<ListenerMetrics>>,
+}
 
 pin_project! {
     #[project = StateProj]
     enum State<S, R, F> {
         Rejected { error: Option<Error> },
-        Waiting { acquire: Acquire, service: S, request: Option<R>, metrics: Option<Arc<ListenerMetrics>> },
-        Running { #[pin] future: F, permit: Option<OwnedSemaphorePermit> },
+        // Only calls that find no free permit wait; boxed to keep the common future small.
+        Waiting { waiting: Box<Waiting<S, R>> },
+        Running { #[pin] future: F, permit: Option<Permit> },
     }
 }
 
@@ -46,7 +53,7 @@ impl<S: Service<R>, R> LimitFuture<S, R> {
         }
     }
 
-    pub(crate) fn running(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn running(future: S::Future, permit: Permit) -> Self {
         LimitFuture {
             state: State::Running {
                 future,
@@ -63,10 +70,12 @@ impl<S: Service<R>, R> LimitFuture<S, R> {
     ) -> Self {
         LimitFuture {
             state: State::Waiting {
-                acquire,
-                service,
-                request: Some(request),
-                metrics,
+                waiting: Box::new(Waiting {
+                    acquire,
+                    service,
+                    request: Some(request),
+                    metrics,
+                }),
             },
         }
     }
@@ -86,12 +95,13 @@ where
                 StateProj::Rejected { error } => {
                     return Poll::Ready(Err(error.take().unwrap_or(Error::Overloaded)));
                 }
-                StateProj::Waiting {
-                    acquire,
-                    service,
-                    request,
-                    metrics,
-                } => {
+                StateProj::Waiting { waiting } => {
+                    let Waiting {
+                        acquire,
+                        service,
+                        request,
+                        metrics,
+                    } = &mut **waiting;
                     let permit = match ready!(acquire.as_mut().poll(cx)) {
                         Ok(permit) => permit,
                         Err(error) => {

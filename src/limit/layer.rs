@@ -3,13 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tower::Layer;
 
+use super::permits::Permits;
 use super::service::ConcurrencyLimit;
 use crate::error::check_duration;
 use crate::metrics::ListenerMetrics;
 use crate::Error;
+
+/// The largest limit accepted: far above any real need, and far from overflowing the permit count.
+pub const MAX_LIMIT: usize = 1 << 30;
 
 /// What a call does when every permit is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,10 +56,10 @@ impl ConcurrencyConfig {
         if self.limit == 0 {
             return Err(Error::invalid_config("concurrency", "must be at least 1"));
         }
-        if self.limit > Semaphore::MAX_PERMITS {
+        if self.limit > MAX_LIMIT {
             return Err(Error::invalid_config(
                 "concurrency",
-                format!("must be at most {}", Semaphore::MAX_PERMITS),
+                format!("must be at most {MAX_LIMIT}"),
             ));
         }
         if let LimitMode::WaitFor(wait) = self.mode {
@@ -92,9 +95,9 @@ impl From<usize> for ConcurrencyConfig {
 /// let _ = ConcurrencyLimitLayer::new(10).unwrap();
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
-    semaphore: Arc<Semaphore>,
+    permits: Arc<Permits>,
     config: ConcurrencyConfig,
     metrics: Option<Arc<ListenerMetrics>>,
 }
@@ -108,7 +111,7 @@ impl ConcurrencyLimitLayer {
         let config = config.into();
         config.validate()?;
         Ok(ConcurrencyLimitLayer {
-            semaphore: Arc::new(Semaphore::new(config.limit)),
+            permits: Permits::new(config.limit),
             config,
             metrics: None,
         })
@@ -122,7 +125,7 @@ impl ConcurrencyLimitLayer {
 
     /// Permits free now.
     pub fn available_permits(&self) -> usize {
-        self.semaphore.available_permits()
+        self.permits.available()
     }
 
     /// The configuration.
@@ -137,9 +140,18 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ConcurrencyLimit::new(
             inner,
-            self.semaphore.clone(),
+            self.permits.clone(),
             self.config.mode,
             self.metrics.clone(),
         )
+    }
+}
+
+impl std::fmt::Debug for ConcurrencyLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrencyLimitLayer")
+            .field("config", &self.config)
+            .field("available_permits", &self.available_permits())
+            .finish()
     }
 }

@@ -17,14 +17,17 @@
 //! **Cancellation**: dropping the response future while it waits leaves the semaphore's queue; dropping it
 //! while it runs drops the inner future and releases the permit.
 //!
-//! Built on `tokio::sync::Semaphore` (fair, FIFO). Not `tower::limit::ConcurrencyLimit`: that one holds a
-//! permit from `poll_ready` until `call` (a ready clone starves the others), allocates when cloned, and
-//! has no reject or bounded-wait mode.
+//! Written here rather than taken from tower: `tower::limit::ConcurrencyLimit` holds a permit from
+//! `poll_ready` until `call` (a ready clone starves the others), allocates when cloned, and has no reject or
+//! bounded-wait mode; and tokio's `Semaphore` under it takes a mutex on every release. The permit count here
+//! is one atomic (see the `permits` module); waiters wait on a `tokio::sync::Notify`, and a waiter may be
+//! overtaken by a newly arriving call (not strictly FIFO).
 
 mod future;
 mod layer;
+mod permits;
 mod service;
 
 pub use future::LimitFuture;
-pub use layer::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
+pub use layer::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode, MAX_LIMIT};
 pub use service::ConcurrencyLimit;

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tower::{BoxError, Service};
 
 use super::future::LimitFuture;
 use super::layer::LimitMode;
+use super::permits::Permits;
 use crate::metrics::ListenerMetrics;
 use crate::Error;
 
@@ -16,10 +16,10 @@ use crate::Error;
 ///
 /// `poll_ready` only asks the inner service; the permit is taken in the response future. When a call has
 /// to wait, the (ready) inner service moves into the future and a clone takes its place, hence `S: Clone`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    semaphore: Arc<Semaphore>,
+    permits: Arc<Permits>,
     mode: LimitMode,
     metrics: Option<Arc<ListenerMetrics>>,
 }
@@ -27,13 +27,13 @@ pub struct ConcurrencyLimit<S> {
 impl<S> ConcurrencyLimit<S> {
     pub(crate) fn new(
         inner: S,
-        semaphore: Arc<Semaphore>,
+        permits: Arc<Permits>,
         mode: LimitMode,
         metrics: Option<Arc<ListenerMetrics>>,
     ) -> Self {
         ConcurrencyLimit {
             inner,
-            semaphore,
+            permits,
             mode,
             metrics,
         }
@@ -63,30 +63,32 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match self.semaphore.clone().try_acquire_owned() {
-            Ok(permit) => LimitFuture::running(self.inner.call(request), permit),
-            Err(TryAcquireError::Closed) => LimitFuture::rejected(self.overloaded()),
-            Err(TryAcquireError::NoPermits) => {
-                let semaphore = self.semaphore.clone();
-                let acquire: super::future::Acquire = match self.mode {
-                    LimitMode::Reject => return LimitFuture::rejected(self.overloaded()),
-                    LimitMode::Wait => Box::pin(async move {
-                        semaphore
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| Error::Overloaded)
-                    }),
-                    LimitMode::WaitFor(wait) => Box::pin(async move {
-                        match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
-                            Ok(Ok(permit)) => Ok::<OwnedSemaphorePermit, Error>(permit),
-                            _ => Err(Error::Overloaded),
-                        }
-                    }),
-                };
-                let clone = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, clone);
-                LimitFuture::waiting(acquire, service, request, self.metrics.clone())
-            }
+        if let Some(permit) = self.permits.try_acquire() {
+            return LimitFuture::running(self.inner.call(request), permit);
         }
+        let permits = self.permits.clone();
+        let acquire: super::future::Acquire = match self.mode {
+            LimitMode::Reject => return LimitFuture::rejected(self.overloaded()),
+            LimitMode::Wait => Box::pin(async move { Ok(permits.acquire().await) }),
+            LimitMode::WaitFor(wait) => Box::pin(async move {
+                tokio::time::timeout(wait, permits.acquire())
+                    .await
+                    .map_err(|_| Error::Overloaded)
+            }),
+        };
+        // Wait in the future: the (ready) inner service goes with it, a clone stays here.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        LimitFuture::waiting(acquire, service, request, self.metrics.clone())
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ConcurrencyLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrencyLimit")
+            .field("inner", &self.inner)
+            .field("mode", &self.mode)
+            .field("available_permits", &self.permits.available())
+            .finish()
     }
 }

@@ -2,19 +2,18 @@
 //! stack, its metrics and breaker, and the bookkeeping that lets `stop` and `unregister` wait for and
 //! cancel in-flight events without losing one.
 
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tower::util::{MapResponseLayer, ServiceFn};
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder};
 
 use super::config::{ListenerConfig, ManagerConfig};
 use super::health::{HealthStatus, HealthThresholds};
+use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
@@ -68,28 +67,6 @@ impl<S> Listener<S> {
 /// error (`Into<tower::BoxError>`); the response `R` is discarded.
 pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
     Listener::new(id, tower::service_fn(f))
-}
-
-/// A boxed stack future: the one allocation per event, where the handler type is erased.
-pub(crate) type StackFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>;
-
-/// A listener's built stack with its handler type erased.
-pub(crate) trait EventStack<T>: Send + Sync {
-    fn call(&self, event: Event<T>) -> StackFuture;
-}
-
-struct Stack<S>(S);
-
-impl<S, T> EventStack<T> for Stack<S>
-where
-    S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    T: Send + Sync + 'static,
-{
-    fn call(&self, event: Event<T>) -> StackFuture {
-        let mut service = self.0.clone();
-        Box::pin(async move { service.ready().await?.call(event).await })
-    }
 }
 
 /// Counts a listener's accepted events until they end, so `stop` and `unregister` can wait for them.
@@ -205,8 +182,8 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             metrics,
             breaker: handle,
             health: config.health,
-            stack: Box::new(Stack(full)),
-            redrive_stack: Box::new(Stack(attempts)),
+            stack: Box::new(Stack::new(full)),
+            redrive_stack: Box::new(Stack::new(attempts)),
             dead_letters_enabled: config.dead_letter.enabled,
             sink,
             capture: config.dead_letter.capture,
@@ -250,7 +227,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         if self.is_cancelled(run) {
             return Err(self.shut_down(event).await);
         }
-        let mut future = self.stack.call(event.clone());
+        let mut future = Lease::new(&*self.stack, event.clone());
         let outcome = {
             let cancelled = async {
                 loop {
@@ -326,7 +303,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// Re-processes the listener's queued dead letters without the dead-letter layer.
     pub(crate) async fn redrive(&self) -> Option<crate::dead_letter::RedriveReport> {
         let queue = self.queue.as_ref()?;
-        let service = tower::service_fn(|event: Event<T>| self.redrive_stack.call(event));
+        let service = tower::service_fn(|event: Event<T>| Lease::new(&*self.redrive_stack, event));
         Some(queue.redrive(service).await)
     }
 

@@ -27,6 +27,7 @@ mod config;
 mod health;
 mod listener;
 mod pool;
+mod stack;
 
 pub use config::{ListenerConfig, ManagerConfig};
 pub use health::{HealthStatus, HealthThresholds, ManagerHealthThresholds};

@@ -65,12 +65,21 @@ thread_local! {
     static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A small number that differs between threads (assigned in order of first use): picks a thread's shard.
+pub(crate) fn thread_index() -> usize {
+    THREAD_INDEX.with(|i| *i)
+}
+
+/// How many shards a per-thread structure gets: twice the parallelism, a power of two, 2 to 32.
+pub(crate) fn shard_count() -> usize {
+    let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (parallelism * 2).next_power_of_two().clamp(2, 32)
+}
+
 impl LatencyHistogram {
     pub(crate) fn new() -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let shards = (parallelism * 2).next_power_of_two().clamp(2, 32);
         LatencyHistogram {
-            shards: (0..shards).map(|_| Shard(OnceLock::new())).collect(),
+            shards: (0..shard_count()).map(|_| Shard(OnceLock::new())).collect(),
         }
     }
 
@@ -83,7 +92,7 @@ impl LatencyHistogram {
     /// Records one latency; values past one hour saturate.
     pub(crate) fn record(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let home = THREAD_INDEX.with(|i| *i);
+        let home = thread_index();
         // Try our own shard, then the next one, before waiting on our own.
         for step in 0..2 {
             if let Ok(mut h) = self.shard(home + step).try_lock() {

@@ -17,12 +17,13 @@ pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::circuit::CircuitState;
 use crate::clock;
 use crate::window::SlidingWindow;
 use histogram::LatencyHistogram;
+pub(crate) use histogram::{shard_count, thread_index};
 
 /// The default length of the health window: 60 s.
 pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
@@ -51,11 +52,12 @@ pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
 /// ```
 pub struct ListenerMetrics {
     name: String,
-    events_processed: AtomicU64,
+    // events_processed and attempts are derived (succeeded + failed), so the sums hold by construction and
+    // each outcome costs one atomic add instead of two.
     events_succeeded: AtomicU64,
     events_failed: AtomicU64,
     events_retried: AtomicU64,
-    attempts: AtomicU64,
+    attempt_successes: AtomicU64,
     attempt_failures: AtomicU64,
     dead_letter_events: AtomicU64,
     dead_letter_failures: AtomicU64,
@@ -73,8 +75,8 @@ pub struct ListenerMetrics {
 /// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
 ///
 /// The counters are defined once and mean the same at listener and manager level.
-/// `events_processed == events_succeeded + events_failed` holds for every snapshot taken while no event
-/// is completing, and for every snapshot of a stopped manager.
+/// `events_processed == events_succeeded + events_failed` holds for every snapshot (the first is derived
+/// from the other two).
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -171,11 +173,10 @@ impl ListenerMetrics {
     pub fn with_health_window(name: impl Into<String>, health_window: Duration) -> Self {
         ListenerMetrics {
             name: name.into(),
-            events_processed: AtomicU64::new(0),
             events_succeeded: AtomicU64::new(0),
             events_failed: AtomicU64::new(0),
             events_retried: AtomicU64::new(0),
-            attempts: AtomicU64::new(0),
+            attempt_successes: AtomicU64::new(0),
             attempt_failures: AtomicU64::new(0),
             dead_letter_events: AtomicU64::new(0),
             dead_letter_failures: AtomicU64::new(0),
@@ -205,15 +206,18 @@ impl ListenerMetrics {
     /// manager fills it in).
     pub fn snapshot(&self) -> Stats {
         let state = self.circuit_state();
+        let events_succeeded = self.events_succeeded.load(Ordering::Relaxed);
+        let events_failed = self.events_failed.load(Ordering::Relaxed);
+        let attempt_failures = self.attempt_failures.load(Ordering::Relaxed);
         Stats {
             registered_listeners: 1,
             active_listeners: 0,
-            events_processed: self.events_processed.load(Ordering::Relaxed),
-            events_succeeded: self.events_succeeded.load(Ordering::Relaxed),
-            events_failed: self.events_failed.load(Ordering::Relaxed),
+            events_processed: events_succeeded + events_failed,
+            events_succeeded,
+            events_failed,
             events_retried: self.events_retried.load(Ordering::Relaxed),
-            attempts: self.attempts.load(Ordering::Relaxed),
-            attempt_failures: self.attempt_failures.load(Ordering::Relaxed),
+            attempts: self.attempt_successes.load(Ordering::Relaxed) + attempt_failures,
+            attempt_failures,
             dead_letter_events: self.dead_letter_events.load(Ordering::Relaxed),
             dead_letter_failures: self.dead_letter_failures.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
@@ -254,7 +258,6 @@ impl ListenerMetrics {
             &self.events_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.events_processed.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -267,23 +270,24 @@ impl ListenerMetrics {
     /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
     pub(crate) fn event_cancelled(&self) {
         self.events_failed.fetch_add(1, Ordering::Relaxed);
-        self.events_processed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An attempt ran to an outcome.
-    pub(crate) fn attempt_finished(&self, success: bool, latency: Duration) {
+    /// An attempt ran to an outcome at `now`, `latency` after it started.
+    pub(crate) fn attempt_finished(&self, success: bool, latency: Duration, now: Instant) {
         self.attempt_latency.record(latency);
-        self.attempts.fetch_add(1, Ordering::Relaxed);
-        if !success {
-            self.attempt_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.attempt_window.record(clock::now(), success);
+        let counter = if success {
+            &self.attempt_successes
+        } else {
+            &self.attempt_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.attempt_window.record(now, success);
     }
 
     /// An attempt was cut off by its timeout (it counts as a failed attempt).
     pub(crate) fn attempt_timed_out(&self, latency: Duration) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
-        self.attempt_finished(false, latency);
+        self.attempt_finished(false, latency, clock::now());
     }
 
     pub(crate) fn retried(&self) {

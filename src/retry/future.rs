@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -20,8 +20,19 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        Sleeping { #[pin] sleep: Sleep },
+        Sleeping,
         Readying,
+    }
+}
+
+pin_project! {
+    /// What only a retried event needs, boxed once at its first retry so the common future stays small.
+    struct Retrying<S> {
+        #[pin]
+        sleep: Sleep,
+        // The service retries run on: a clone of the prototype.
+        service: Option<S>,
+        rng: fastrand::Rng,
     }
 }
 
@@ -36,28 +47,37 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        service: S,
+        retrying: Option<Pin<Box<Retrying<S>>>>,
+        prototype: Arc<Mutex<S>>,
         request: R,
         attempt: u32,
         previous_delay: Duration,
-        rng: Option<fastrand::Rng>,
         shared: Arc<RetryShared>,
     }
 }
 
 impl<S: Service<R>, R> RetryFuture<S, R> {
-    pub(crate) fn new(future: S::Future, service: S, request: R, shared: Arc<RetryShared>) -> Self {
+    pub(crate) fn new(
+        future: S::Future,
+        prototype: Arc<Mutex<S>>,
+        request: R,
+        shared: Arc<RetryShared>,
+    ) -> Self {
         RetryFuture {
             state: State::Calling { future },
-            service,
+            retrying: None,
+            prototype,
             request,
             attempt: 1,
             previous_delay: shared.policy.initial_delay,
-            rng: None,
             shared,
         }
     }
 }
+
+/// The longest single backoff sleep (about 30 years), so `Instant` arithmetic cannot overflow with
+/// `max_delay: None`.
+const MAX_SLEEP: Duration = Duration::from_secs(1 << 30);
 
 /// A splitmix64 step: spreads consecutive seeds over the whole space.
 fn mix(seed: u64) -> u64 {
@@ -69,7 +89,7 @@ fn mix(seed: u64) -> u64 {
 
 impl<S, R> Future for RetryFuture<S, R>
 where
-    S: Service<R>,
+    S: Service<R> + Clone,
     S::Error: Into<BoxError>,
     R: Clone,
 {
@@ -98,14 +118,22 @@ where
                     if stop.is_some() {
                         return Poll::Ready(Err(error));
                     }
-                    let rng = this.rng.get_or_insert_with(|| match policy.seed {
-                        // Relaxed: the counter only hands out distinct numbers.
-                        Some(_) => fastrand::Rng::with_seed(mix(this
-                            .shared
-                            .next_seed
-                            .fetch_add(1, Ordering::Relaxed))),
-                        None => fastrand::Rng::new(),
+                    let retrying = this.retrying.get_or_insert_with(|| {
+                        let rng = match policy.seed {
+                            // Relaxed: the counter only hands out distinct numbers.
+                            Some(_) => fastrand::Rng::with_seed(mix(this
+                                .shared
+                                .next_seed
+                                .fetch_add(1, Ordering::Relaxed))),
+                            None => fastrand::Rng::new(),
+                        };
+                        Box::pin(Retrying {
+                            sleep: tokio::time::sleep(Duration::ZERO),
+                            service: None,
+                            rng,
+                        })
                     });
+                    let retry = retrying.as_mut().project();
                     let delay = retry_delay(
                         policy.backoff,
                         policy.jitter,
@@ -113,8 +141,11 @@ where
                         policy.max_delay,
                         *this.attempt,
                         *this.previous_delay,
-                        rng,
+                        retry.rng,
                     );
+                    retry
+                        .sleep
+                        .reset(tokio::time::Instant::now() + delay.min(MAX_SLEEP));
                     *this.previous_delay = delay;
                     if let Some(metrics) = &this.shared.metrics {
                         metrics.retried();
@@ -127,21 +158,33 @@ where
                         "retrying after failure"
                     );
                     *this.attempt += 1;
-                    this.state.set(State::Sleeping {
-                        sleep: tokio::time::sleep(delay),
-                    });
+                    this.state.set(State::Sleeping);
                 }
-                StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Sleeping => {
+                    // Sleeping is only entered after `retrying` is set.
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err(Error::Stopped));
+                    };
+                    ready!(retrying.as_mut().project().sleep.poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err(Error::Stopped));
+                    };
+                    let service = retrying.as_mut().project().service.get_or_insert_with(|| {
+                        // Only clones happen under this lock; a poisoned one still holds a valid service.
+                        this.prototype
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone()
+                    });
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
                         let error = Error::from_boxed(e.into());
                         record_failure(*this.attempt, Some(RetryStop::NotRetryable));
                         return Poll::Ready(Err(error));
                     }
-                    let future = this.service.call(this.request.clone());
+                    let future = service.call(this.request.clone());
                     this.state.set(State::Calling { future });
                 }
             }

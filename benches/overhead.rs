@@ -1,0 +1,188 @@
+//! Per-call overhead of each layer and of the full stack, against a bare no-op service, plain tower and
+//! tower-resilience, all in the same run. `cargo bench --bench overhead`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{drive, event, noop, ns_per_call, runtime, stacks, Table};
+use criterion::Criterion;
+use tokio::runtime::Runtime;
+use tower::{Layer, Service};
+use tower_listener::{
+    CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig, ConcurrencyLimitLayer, DeadLetterLayer,
+    DeadLetterQueue, Event, LimitMode, ListenerConfig, ListenerManager, ListenerMetrics,
+    ManagerConfig, MetricsLayer, RetryLayer, RetryPolicy, TimeoutLayer,
+};
+
+type Case = Box<dyn FnMut(u64) -> Duration>;
+
+/// A case that drives `svc` on `rt`.
+fn case<S>(rt: &'static Runtime, mut svc: S) -> Case
+where
+    S: Service<Event> + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let ev = event();
+    Box::new(move |iters| rt.block_on(drive(&mut svc, &ev, iters)))
+}
+
+fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
+    let breaker = |config: CircuitConfig| CircuitBreakerLayer::new(config).unwrap();
+    let open = breaker(CircuitConfig::default());
+    open.handle().force_open();
+    let half_open = breaker(CircuitConfig {
+        failure_threshold: 1,
+        success_threshold: u32::MAX,
+        half_open_max_calls: u32::MAX,
+        timeout: Duration::from_millis(1),
+        ..Default::default()
+    });
+    // Trip it, let the timeout pass: every later call is a half-open probe.
+    {
+        let mut failing = half_open.layer(tower::service_fn(|_: Event| async {
+            Err::<(), _>(tower_listener::Error::Overloaded.to_string())
+        }));
+        let _ = rt.block_on(drive(&mut failing, &event(), 1));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let limit = |mode| ConcurrencyLimitLayer::new(ConcurrencyConfig::new(10, mode)).unwrap();
+
+    let manager = ListenerManager::new(ManagerConfig::named("bench")).unwrap();
+    manager
+        .register(
+            tower_listener::Listener::new("bench", noop()),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+    rt.block_on(manager.start()).unwrap();
+    let ev = event();
+    let through_manager: Case = Box::new(move |iters| {
+        rt.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let _ = std::hint::black_box(manager.process("bench", ev.clone()).await);
+            }
+            start.elapsed()
+        })
+    });
+
+    vec![
+        ("bare no-op service", "the baseline", case(rt, noop())),
+        (
+            "breaker, closed",
+            "success path",
+            case(rt, breaker(CircuitConfig::default()).layer(noop())),
+        ),
+        (
+            "breaker, open (rejection)",
+            "no inner call",
+            case(rt, open.layer(noop())),
+        ),
+        (
+            "breaker, half-open probe",
+            "takes the lock",
+            case(rt, half_open.layer(noop())),
+        ),
+        (
+            "retry, no retry needed",
+            "",
+            case(
+                rt,
+                RetryLayer::new(RetryPolicy::default())
+                    .unwrap()
+                    .layer(noop()),
+            ),
+        ),
+        (
+            "limit, Wait, uncontended",
+            "",
+            case(rt, limit(LimitMode::Wait).layer(noop())),
+        ),
+        (
+            "limit, WaitFor, uncontended",
+            "",
+            case(
+                rt,
+                limit(LimitMode::WaitFor(Duration::from_secs(1))).layer(noop()),
+            ),
+        ),
+        (
+            "limit, Reject, uncontended",
+            "",
+            case(rt, limit(LimitMode::Reject).layer(noop())),
+        ),
+        (
+            "timeout",
+            "",
+            case(
+                rt,
+                TimeoutLayer::new(Duration::from_secs(30))
+                    .unwrap()
+                    .layer(noop()),
+            ),
+        ),
+        (
+            "dead letter, success",
+            "",
+            case(
+                rt,
+                DeadLetterLayer::with_sink(DeadLetterQueue::<Event>::new(10)).layer(noop()),
+            ),
+        ),
+        (
+            "metrics, per event",
+            "",
+            case(
+                rt,
+                MetricsLayer::per_event(std::sync::Arc::new(ListenerMetrics::new("m")))
+                    .layer(noop()),
+            ),
+        ),
+        (
+            "full stack, by hand",
+            "ours: all six layers",
+            case(rt, stacks::ours()),
+        ),
+        (
+            "full stack, manager.process",
+            "ours: the manager",
+            through_manager,
+        ),
+        (
+            "plain tower stack",
+            "tower retry + limit + timeout + histogram",
+            case(rt, stacks::plain_tower()),
+        ),
+        (
+            "tower-resilience stack",
+            "breaker + bulkhead + retry + time limiter + histogram",
+            case(rt, stacks::tower_resilience()),
+        ),
+    ]
+}
+
+fn main() {
+    let rt: &'static Runtime = Box::leak(Box::new(runtime()));
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut all = cases(rt);
+    let mut group = criterion.benchmark_group("overhead");
+    for (name, _, run) in all.iter_mut() {
+        group.bench_function(*name, |b| b.iter_custom(&mut **run));
+    }
+    group.finish();
+    criterion.final_summary();
+
+    // The ratio table, from one more pass over every case in this same process.
+    if std::env::args().any(|a| a == "--bench") {
+        let mut table = Table::new("Per-call overhead, current-thread runtime");
+        for (name, note, run) in all.iter_mut() {
+            let ns = ns_per_call(9, 200_000, &mut **run);
+            table.row(name, ns, note);
+        }
+        table.print();
+    }
+}

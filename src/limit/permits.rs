@@ -1,0 +1,104 @@
+//! [`Permits`]: the limit's permit count, one atomic on the fast path.
+//!
+//! Not tokio's `Semaphore`: its release takes a mutex on every call (to hand permits to queued waiters in
+//! order), a lock that every caller of a limit shares. Here taking and returning a permit are one atomic
+//! operation each; only a call that finds no permit free registers as a waiter on a `Notify`. The price is
+//! fairness: a new call can take a just-freed permit ahead of a waiter (the waiter then waits for the next
+//! one); nothing is ever lost or stuck.
+//!
+//! No lost wake-up: a waiter counts itself in `waiting` and arms its `Notified` before it retries, and a
+//! release decrements `in_use` before it reads `waiting` (all SeqCst). So either the waiter's retry sees the
+//! freed permit, or the release sees the waiter and notifies it (`notify_one` keeps the notification when
+//! the waiter is between arming and waiting; a notified waiter that is dropped passes it on).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub(crate) struct Permits {
+    limit: usize,
+    in_use: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+/// One taken permit; returned on drop.
+pub(crate) struct Permit {
+    permits: Arc<Permits>,
+}
+
+impl Permits {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Permits {
+            limit,
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    pub(crate) fn available(&self) -> usize {
+        self.limit
+            .saturating_sub(self.in_use.load(Ordering::SeqCst))
+    }
+
+    /// Takes a permit if one is free.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let mut in_use = self.in_use.load(Ordering::SeqCst);
+        loop {
+            if in_use >= self.limit {
+                return None;
+            }
+            match self.in_use.compare_exchange_weak(
+                in_use,
+                in_use + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Some(Permit {
+                        permits: Arc::clone(self),
+                    })
+                }
+                Err(actual) => in_use = actual,
+            }
+        }
+    }
+
+    /// Waits for a permit. Cancel-safe: dropping the future leaves no trace (a notification it received is
+    /// passed on).
+    pub(crate) async fn acquire(self: Arc<Self>) -> Permit {
+        if let Some(permit) = self.try_acquire() {
+            return permit;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self);
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(permit) = self.try_acquire() {
+                return permit;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Waiting<'a>(&'a Permits);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.permits.in_use.fetch_sub(1, Ordering::SeqCst);
+        if self.permits.waiting.load(Ordering::SeqCst) > 0 {
+            self.permits.freed.notify_one();
+        }
+    }
+}
