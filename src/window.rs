@@ -10,6 +10,10 @@
 //! It uses neither tokio nor tower: every method takes the time as a plain [`Instant`], so it is tested
 //! without a runtime. It is lock-free; the only imprecision under concurrency is that a call recorded at
 //! the very moment its bucket is recycled for a new period may be lost.
+//!
+//! A window can be sharded by thread ([`SlidingWindow::sharded`]): each thread records into its own set of
+//! buckets (no cache line shared between threads on the write path) and a read sums the shards. The health
+//! window is sharded (written on every attempt, read rarely); the breaker's is not (read on every failure).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -49,17 +53,29 @@ struct Bucket {
 pub(crate) struct SlidingWindow {
     origin: Instant,
     bucket_nanos: u64,
+    /// One set of `BUCKETS` buckets per shard, back to back.
     buckets: Box<[Bucket]>,
+    shards: usize,
 }
 
 impl SlidingWindow {
     /// A window of `length` (at least [`BUCKETS`] nanoseconds are used) whose periods count from `origin`.
     pub(crate) fn new(length: Duration, origin: Instant) -> Self {
+        Self::with_shards(length, origin, 1)
+    }
+
+    /// A window sharded by thread (see the module docs).
+    pub(crate) fn sharded(length: Duration, origin: Instant) -> Self {
+        Self::with_shards(length, origin, crate::metrics::shard_count())
+    }
+
+    fn with_shards(length: Duration, origin: Instant, shards: usize) -> Self {
         let nanos = u64::try_from(length.as_nanos()).unwrap_or(u64::MAX);
         SlidingWindow {
             origin,
             bucket_nanos: (nanos / BUCKETS as u64).max(1),
-            buckets: (0..BUCKETS).map(|_| Bucket::default()).collect(),
+            buckets: (0..BUCKETS * shards).map(|_| Bucket::default()).collect(),
+            shards,
         }
     }
 
@@ -73,7 +89,12 @@ impl SlidingWindow {
     /// Counts one call at `now`.
     pub(crate) fn record(&self, now: Instant, success: bool) {
         let period = self.period(now);
-        let bucket = &self.buckets[(period % BUCKETS as u64) as usize];
+        let shard = if self.shards == 1 {
+            0
+        } else {
+            crate::metrics::thread_index() % self.shards
+        };
+        let bucket = &self.buckets[shard * BUCKETS + (period % BUCKETS as u64) as usize];
         // Acquire pairs with the Release of the thread that recycled the bucket, so its zeroing is seen
         // before our increment.
         let mut seen = bucket.period.load(Ordering::Acquire);

@@ -73,15 +73,32 @@ pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
 #[derive(Default)]
 pub(crate) struct InFlight {
     count: AtomicUsize,
+    /// Tasks in `wait_idle`: an event that ends notifies only when someone waits, so the hot path never
+    /// takes the `Notify`'s lock.
+    waiters: AtomicUsize,
     idle: Notify,
+}
+
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl InFlight {
     /// Waits until no event is in flight.
+    ///
+    /// No lost wake-up: this counts itself in `waiters` and creates its `Notified` before it reads
+    /// `count`; an ending event decrements `count` before it reads `waiters` (all SeqCst). So either this
+    /// sees the count at zero, or the event sees the waiter and wakes it.
     pub(crate) async fn wait_idle(&self) {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiter = Waiter(&self.waiters);
         loop {
             let notified = self.idle.notified();
-            // SeqCst: pairs with the SeqCst increment in `ManagedListener::accept`, see there.
+            // SeqCst: pairs with the SeqCst increment in `Accepted::new`, see there.
             if self.count.load(Ordering::SeqCst) == 0 {
                 return;
             }
@@ -342,7 +359,9 @@ impl<T> Accepted<T> {
 impl<T> Drop for Accepted<T> {
     fn drop(&mut self) {
         let in_flight = &self.listener.in_flight;
-        if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1
+            && in_flight.waiters.load(Ordering::SeqCst) > 0
+        {
             in_flight.idle.notify_waiters();
         }
     }

@@ -16,7 +16,7 @@ pub use histogram::LatencySummary;
 pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::circuit::CircuitState;
@@ -52,8 +52,20 @@ pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
 /// ```
 pub struct ListenerMetrics {
     name: String,
-    // events_processed and attempts are derived (succeeded + failed), so the sums hold by construction and
-    // each outcome costs one atomic add instead of two.
+    /// One block of counters per thread shard: a thread only writes its own cache line, a read sums them.
+    counts: Box<[Counts]>,
+    circuit_state: AtomicU8,
+    health_window: Duration,
+    attempt_window: SlidingWindow,
+    attempt_latency: LatencyHistogram,
+    event_latency: LatencyHistogram,
+}
+
+/// The counters of one shard. `events_processed` and `attempts` are derived (succeeded + failed), so the
+/// sums hold by construction and each outcome costs one atomic add.
+#[derive(Default)]
+#[repr(align(128))]
+struct Counts {
     events_succeeded: AtomicU64,
     events_failed: AtomicU64,
     events_retried: AtomicU64,
@@ -63,13 +75,9 @@ pub struct ListenerMetrics {
     dead_letter_failures: AtomicU64,
     rejected: AtomicU64,
     timeouts: AtomicU64,
-    in_flight: AtomicI64,
+    /// Incremented and decremented on possibly different shards: summed with wrapping arithmetic.
+    in_flight: AtomicU64,
     circuit_trips: AtomicU64,
-    circuit_state: AtomicU8,
-    health_window: Duration,
-    attempt_window: SlidingWindow,
-    attempt_latency: LatencyHistogram,
-    event_latency: LatencyHistogram,
 }
 
 /// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
@@ -173,20 +181,10 @@ impl ListenerMetrics {
     pub fn with_health_window(name: impl Into<String>, health_window: Duration) -> Self {
         ListenerMetrics {
             name: name.into(),
-            events_succeeded: AtomicU64::new(0),
-            events_failed: AtomicU64::new(0),
-            events_retried: AtomicU64::new(0),
-            attempt_successes: AtomicU64::new(0),
-            attempt_failures: AtomicU64::new(0),
-            dead_letter_events: AtomicU64::new(0),
-            dead_letter_failures: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
-            circuit_trips: AtomicU64::new(0),
+            counts: (0..shard_count()).map(|_| Counts::default()).collect(),
             circuit_state: AtomicU8::new(CircuitState::Closed as u8),
             health_window,
-            attempt_window: SlidingWindow::new(health_window, clock::now()),
+            attempt_window: SlidingWindow::sharded(health_window, clock::now()),
             attempt_latency: LatencyHistogram::new(),
             event_latency: LatencyHistogram::new(),
         }
@@ -206,25 +204,25 @@ impl ListenerMetrics {
     /// manager fills it in).
     pub fn snapshot(&self) -> Stats {
         let state = self.circuit_state();
-        let events_succeeded = self.events_succeeded.load(Ordering::Relaxed);
-        let events_failed = self.events_failed.load(Ordering::Relaxed);
-        let attempt_failures = self.attempt_failures.load(Ordering::Relaxed);
+        let events_succeeded = self.sum(|c| &c.events_succeeded);
+        let events_failed = self.sum(|c| &c.events_failed);
+        let attempt_failures = self.sum(|c| &c.attempt_failures);
         Stats {
             registered_listeners: 1,
             active_listeners: 0,
             events_processed: events_succeeded + events_failed,
             events_succeeded,
             events_failed,
-            events_retried: self.events_retried.load(Ordering::Relaxed),
-            attempts: self.attempt_successes.load(Ordering::Relaxed) + attempt_failures,
+            events_retried: self.sum(|c| &c.events_retried),
+            attempts: self.sum(|c| &c.attempt_successes) + attempt_failures,
             attempt_failures,
-            dead_letter_events: self.dead_letter_events.load(Ordering::Relaxed),
-            dead_letter_failures: self.dead_letter_failures.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            dead_letter_events: self.sum(|c| &c.dead_letter_events),
+            dead_letter_failures: self.sum(|c| &c.dead_letter_failures),
+            rejected: self.sum(|c| &c.rejected),
+            timeouts: self.sum(|c| &c.timeouts),
+            in_flight: (self.sum(|c| &c.in_flight) as i64).max(0) as u64,
             circuit_breakers: u64::from(state.is_open()),
-            circuit_trips: self.circuit_trips.load(Ordering::Relaxed),
+            circuit_trips: self.sum(|c| &c.circuit_trips),
             event_latency: self.event_latency.summary(),
             attempt_latency: self.attempt_latency.summary(),
         }
@@ -245,40 +243,54 @@ impl ListenerMetrics {
         CircuitState::from_u8(self.circuit_state.load(Ordering::Relaxed))
     }
 
+    /// This thread's counters.
+    fn mine(&self) -> &Counts {
+        &self.counts[thread_index() % self.counts.len()]
+    }
+
+    /// A counter summed over the shards (wrapping, for `in_flight`).
+    fn sum(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        self.counts.iter().fold(0u64, |sum, c| {
+            sum.wrapping_add(counter(c).load(Ordering::Relaxed))
+        })
+    }
+
     pub(crate) fn event_started(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.mine().in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event reached its final outcome.
     pub(crate) fn event_finished(&self, success: bool, latency: Duration) {
         self.event_latency.record(latency);
+        let counts = self.mine();
         let counter = if success {
-            &self.events_succeeded
+            &counts.events_succeeded
         } else {
-            &self.events_failed
+            &counts.events_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        counts.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// An event's future was dropped before its outcome was known.
     pub(crate) fn event_abandoned(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.mine().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
     /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
     pub(crate) fn event_cancelled(&self) {
-        self.events_failed.fetch_add(1, Ordering::Relaxed);
+        self.mine().events_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An attempt ran to an outcome at `now`, `latency` after it started.
     pub(crate) fn attempt_finished(&self, success: bool, latency: Duration, now: Instant) {
         self.attempt_latency.record(latency);
+        let counts = self.mine();
         let counter = if success {
-            &self.attempt_successes
+            &counts.attempt_successes
         } else {
-            &self.attempt_failures
+            &counts.attempt_failures
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.attempt_window.record(now, success);
@@ -286,24 +298,28 @@ impl ListenerMetrics {
 
     /// An attempt was cut off by its timeout (it counts as a failed attempt).
     pub(crate) fn attempt_timed_out(&self, latency: Duration) {
-        self.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.mine().timeouts.fetch_add(1, Ordering::Relaxed);
         self.attempt_finished(false, latency, clock::now());
     }
 
     pub(crate) fn retried(&self) {
-        self.events_retried.fetch_add(1, Ordering::Relaxed);
+        self.mine().events_retried.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.mine().rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_lettered(&self) {
-        self.dead_letter_events.fetch_add(1, Ordering::Relaxed);
+        self.mine()
+            .dead_letter_events
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn dead_letter_failed(&self) {
-        self.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+        self.mine()
+            .dead_letter_failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the breaker's initial state (not a trip).
@@ -315,7 +331,7 @@ impl ListenerMetrics {
     pub(crate) fn circuit_changed(&self, to: CircuitState) {
         self.circuit_state.store(to as u8, Ordering::Relaxed);
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
-            self.circuit_trips.fetch_add(1, Ordering::Relaxed);
+            self.mine().circuit_trips.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
