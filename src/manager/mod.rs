@@ -33,11 +33,13 @@ pub use config::{ListenerConfig, ManagerConfig};
 pub use health::{HealthStatus, HealthThresholds, ManagerHealthThresholds};
 pub use listener::{listener_fn, Listener};
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 
 use tokio::task::JoinHandle;
 use tower::{BoxError, Service};
@@ -135,15 +137,18 @@ impl<T> Clone for ListenerManager<T> {
     }
 }
 
+/// The registry: read (lock-free) on every event, replaced whole on register and unregister.
+type Registry<T> = FxHashMap<String, Arc<ManagedListener<T>>>;
+
 struct Inner<T> {
     config: ManagerConfig,
-    listeners: RwLock<HashMap<String, Arc<ManagedListener<T>>>>,
+    listeners: ArcSwap<Registry<T>>,
     /// Read on every `process`/`dispatch`; written under `lifecycle`.
     running: AtomicBool,
     /// Serializes start/stop.
     lifecycle: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     pool: Pool<T>,
-    /// Registration and unregistration take this so a listener is never started twice.
+    /// Serializes registration and unregistration (each copies the registry and swaps it in).
     registry: Mutex<()>,
 }
 
@@ -168,28 +173,22 @@ impl<T> ListenerManager<T> {
         &self.inner.config.name
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<ManagedListener<T>>>> {
-        // No code panics while holding this lock; a poisoned map is still consistent.
+    fn get(&self, id: &str) -> Result<Arc<ManagedListener<T>>, Error> {
         self.inner
             .listeners
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get(&self, id: &str) -> Result<Arc<ManagedListener<T>>, Error> {
-        self.read()
+            .load()
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     fn all(&self) -> Vec<Arc<ManagedListener<T>>> {
-        self.read().values().cloned().collect()
+        self.inner.listeners.load().values().cloned().collect()
     }
 
     /// The ids of the registered listeners, sorted.
     pub fn listeners(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.read().keys().cloned().collect();
+        let mut ids: Vec<String> = self.inner.listeners.load().keys().cloned().collect();
         ids.sort();
         ids
     }
@@ -285,7 +284,7 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
             inner: Arc::new(Inner {
                 pool: Pool::new(config.queue),
                 config,
-                listeners: RwLock::new(HashMap::new()),
+                listeners: ArcSwap::from_pointee(Registry::default()),
                 running: AtomicBool::new(false),
                 lifecycle: tokio::sync::Mutex::new(Vec::new()),
                 registry: Mutex::new(()),
@@ -318,17 +317,15 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
     {
         let managed = ManagedListener::build(listener, config, &self.inner.config)?;
         let _registry = self.registry();
-        let mut listeners = self
-            .inner
-            .listeners
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if listeners.contains_key(&managed.id) {
+        let current = self.inner.listeners.load();
+        if current.contains_key(&managed.id) {
             return Err(Error::AlreadyRegistered(managed.id));
         }
         managed.start_run();
         tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
-        listeners.insert(managed.id.clone(), Arc::new(managed));
+        let mut next = Registry::clone(&current);
+        next.insert(managed.id.clone(), Arc::new(managed));
+        self.inner.listeners.store(Arc::new(next));
         Ok(())
     }
 
@@ -341,12 +338,12 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
     pub async fn unregister(&self, id: &str) -> Result<StopReport, Error> {
         let listener = {
             let _registry = self.registry();
-            self.inner
-                .listeners
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
+            let mut next = Registry::clone(&self.inner.listeners.load());
+            let removed = next
                 .remove(id)
-                .ok_or_else(|| Error::NotFound(id.to_owned()))?
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            self.inner.listeners.store(Arc::new(next));
+            removed
         };
         let report = drain(
             std::slice::from_ref(&listener),

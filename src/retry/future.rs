@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::time::Sleep;
 use tower::{BoxError, Service};
 
 use super::backoff::retry_delay;
-use super::layer::RetryShared;
+use super::service::RetryCore;
 use crate::attempts::{record_failure, RetryStop};
 use crate::Error;
 
@@ -48,29 +48,22 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         retrying: Option<Pin<Box<Retrying<S>>>>,
-        prototype: Arc<Mutex<S>>,
+        core: Arc<RetryCore<S>>,
         request: R,
         attempt: u32,
         previous_delay: Duration,
-        shared: Arc<RetryShared>,
     }
 }
 
 impl<S: Service<R>, R> RetryFuture<S, R> {
-    pub(crate) fn new(
-        future: S::Future,
-        prototype: Arc<Mutex<S>>,
-        request: R,
-        shared: Arc<RetryShared>,
-    ) -> Self {
+    pub(crate) fn new(future: S::Future, core: Arc<RetryCore<S>>, request: R) -> Self {
         RetryFuture {
             state: State::Calling { future },
             retrying: None,
-            prototype,
+            previous_delay: core.shared.policy.initial_delay,
+            core,
             request,
             attempt: 1,
-            previous_delay: shared.policy.initial_delay,
-            shared,
         }
     }
 }
@@ -104,7 +97,7 @@ where
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => Error::from_boxed(e.into()),
                     };
-                    let policy = &this.shared.policy;
+                    let policy = &this.core.shared.policy;
                     let stop = if *this.attempt > policy.max_retries {
                         Some(RetryStop::Exhausted)
                     } else if !policy.should_retry(&error) {
@@ -122,6 +115,7 @@ where
                         let rng = match policy.seed {
                             // Relaxed: the counter only hands out distinct numbers.
                             Some(_) => fastrand::Rng::with_seed(mix(this
+                                .core
                                 .shared
                                 .next_seed
                                 .fetch_add(1, Ordering::Relaxed))),
@@ -147,7 +141,7 @@ where
                         .sleep
                         .reset(tokio::time::Instant::now() + delay.min(MAX_SLEEP));
                     *this.previous_delay = delay;
-                    if let Some(metrics) = &this.shared.metrics {
+                    if let Some(metrics) = &this.core.shared.metrics {
                         metrics.retried();
                     }
                     tracing::debug!(
@@ -174,7 +168,8 @@ where
                     };
                     let service = retrying.as_mut().project().service.get_or_insert_with(|| {
                         // Only clones happen under this lock; a poisoned one still holds a valid service.
-                        this.prototype
+                        this.core
+                            .prototype
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .clone()

@@ -16,16 +16,24 @@ use crate::Error;
 /// whole inner stack, and the mutex is taken only when a retry happens.
 pub struct Retry<S> {
     inner: S,
-    prototype: Arc<Mutex<S>>,
-    shared: Arc<RetryShared>,
+    core: Arc<RetryCore<S>>,
+}
+
+/// What a retry future needs beyond the request, behind one `Arc` (one reference count per call).
+pub(crate) struct RetryCore<S> {
+    /// Retries run on clones of this.
+    pub(crate) prototype: Mutex<S>,
+    pub(crate) shared: Arc<RetryShared>,
 }
 
 impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<RetryShared>) -> Self {
         Retry {
-            prototype: Arc::new(Mutex::new(inner.clone())),
+            core: Arc::new(RetryCore {
+                prototype: Mutex::new(inner.clone()),
+                shared,
+            }),
             inner,
-            shared,
         }
     }
 }
@@ -34,8 +42,7 @@ impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
-            prototype: self.prototype.clone(),
-            shared: self.shared.clone(),
+            core: self.core.clone(),
         }
     }
 }
@@ -44,7 +51,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.core.shared.policy)
             .finish()
     }
 }
@@ -66,10 +73,10 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        if let Some(budget) = &self.shared.policy.budget {
+        if let Some(budget) = &self.core.shared.policy.budget {
             budget.deposit();
         }
         let future = self.inner.call(request.clone());
-        RetryFuture::new(future, self.prototype.clone(), request, self.shared.clone())
+        RetryFuture::new(future, self.core.clone(), request)
     }
 }
