@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{event, noop, stacks};
@@ -12,65 +12,60 @@ use criterion::Criterion;
 use tower::{Service, ServiceExt};
 use tower_listener::{Event, Listener, ListenerConfig, ListenerManager, ManagerConfig};
 
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+/// Runs `per_thread` calls on each of `threads` OS threads at once (each with its own current-thread
+/// runtime, so the threads really run in parallel and never share a scheduler); returns the wall time from
+/// the common start to the last thread's end.
+fn on_threads<F, Fut>(threads: usize, per_thread: u64, make: impl Fn() -> F) -> Duration
+where
+    F: FnOnce(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let work = make();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = common::runtime();
+                barrier.wait();
+                rt.block_on(work(per_thread));
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
 }
 
-/// Runs `per_thread` calls on each of `threads` tasks at once; returns the wall time.
-fn run_stack<S>(rt: &tokio::runtime::Runtime, svc: &S, threads: usize, per_thread: u64) -> Duration
+fn run_stack<S>(svc: &S, threads: usize, per_thread: u64) -> Duration
 where
     S: Service<Event> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send,
+    S::Error: std::fmt::Debug,
 {
-    rt.block_on(async {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut svc = svc.clone();
-                tokio::spawn(async move {
-                    let ev = event();
-                    for _ in 0..per_thread {
-                        let ready = svc.ready().await.unwrap();
-                        let _ = std::hint::black_box(ready.call(ev.clone()).await);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
+    on_threads(threads, per_thread, || {
+        let mut svc = svc.clone();
+        move |n| async move {
+            let ev = event();
+            for _ in 0..n {
+                let ready = svc.ready().await.unwrap();
+                let _ = std::hint::black_box(ready.call(ev.clone()).await);
+            }
         }
-        start.elapsed()
     })
 }
 
-fn run_manager(
-    rt: &tokio::runtime::Runtime,
-    m: &ListenerManager,
-    threads: usize,
-    per_thread: u64,
-) -> Duration {
-    rt.block_on(async {
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..threads)
-            .map(|_| {
-                let m = m.clone();
-                tokio::spawn(async move {
-                    let ev = event();
-                    for _ in 0..per_thread {
-                        let _ = std::hint::black_box(m.process("bench", ev.clone()).await);
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
+fn run_manager(m: &ListenerManager, threads: usize, per_thread: u64) -> Duration {
+    on_threads(threads, per_thread, || {
+        let m = m.clone();
+        move |n| async move {
+            let ev = event();
+            for _ in 0..n {
+                let _ = std::hint::black_box(m.process("bench", ev.clone()).await);
+            }
         }
-        start.elapsed()
     })
 }
 
@@ -90,11 +85,10 @@ fn throughput(
     rates[rates.len() / 2]
 }
 
-/// One throughput row: (runtime index, threads, calls per thread) -> wall time.
-type Run<'a> = dyn Fn(usize, usize, u64) -> Duration + 'a;
+/// One throughput row: (threads, calls per thread) -> wall time.
+type Run<'a> = dyn Fn(usize, u64) -> Duration + 'a;
 
 fn main() {
-    let rts = [Arc::new(runtime(1)), Arc::new(runtime(2))];
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2))
@@ -103,27 +97,19 @@ fn main() {
 
     let ours = stacks::ours();
     let bare = noop();
-    let managers: Vec<ListenerManager> = rts
-        .iter()
-        .map(|rt| {
-            let m = ListenerManager::new(ManagerConfig::named("bench")).unwrap();
-            m.register(Listener::new("bench", noop()), ListenerConfig::default())
-                .unwrap();
-            rt.block_on(m.start()).unwrap();
-            m
-        })
-        .collect();
+    let manager = ListenerManager::new(ManagerConfig::named("bench")).unwrap();
+    manager
+        .register(Listener::new("bench", noop()), ListenerConfig::default())
+        .unwrap();
+    common::runtime().block_on(manager.start()).unwrap();
 
     let mut group = criterion.benchmark_group("contention");
-    for (i, threads) in [1usize, 2].into_iter().enumerate() {
-        let rt = &rts[i];
+    for threads in [1usize, 2] {
         group.bench_function(format!("full stack, {threads} thread(s)"), |b| {
-            b.iter_custom(|iters| run_stack(rt, &ours, threads, iters.div_ceil(threads as u64)))
+            b.iter_custom(|iters| run_stack(&ours, threads, iters.div_ceil(threads as u64)))
         });
         group.bench_function(format!("manager.process, {threads} thread(s)"), |b| {
-            b.iter_custom(|iters| {
-                run_manager(rt, &managers[i], threads, iters.div_ceil(threads as u64))
-            })
+            b.iter_custom(|iters| run_manager(&manager, threads, iters.div_ceil(threads as u64)))
         });
     }
     group.finish();
@@ -131,26 +117,26 @@ fn main() {
 
     if report {
         let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
-        println!("\nThroughput, millions of calls/s ({machine} cores; median of 7 runs of 400k calls per thread)");
+        println!("\nThroughput, millions of calls/s ({machine} cores; one OS thread and current-thread runtime per thread; median of 7 runs of 400k calls per thread)");
         println!("| stack | 1 thread | 2 threads | 2 / 1 |\n|---|---:|---:|---:|");
         let per = 400_000;
         let rows: [(&str, Box<Run>); 3] = [
             (
                 "bare no-op service",
-                Box::new(|i, t, n| run_stack(&rts[i], &bare, t, n)),
+                Box::new(|t, n| run_stack(&bare, t, n)),
             ),
             (
                 "full stack (by hand, histograms on)",
-                Box::new(|i, t, n| run_stack(&rts[i], &ours, t, n)),
+                Box::new(|t, n| run_stack(&ours, t, n)),
             ),
             (
                 "full stack through manager.process",
-                Box::new(|i, t, n| run_manager(&rts[i], &managers[i], t, n)),
+                Box::new(|t, n| run_manager(&manager, t, n)),
             ),
         ];
         for (name, run) in rows.iter() {
-            let one = throughput(7, 1, per, |t, n| run(0, t, n));
-            let two = throughput(7, 2, per, |t, n| run(1, t, n));
+            let one = throughput(7, 1, per, run);
+            let two = throughput(7, 2, per, run);
             println!("| {name} | {one:.2} | {two:.2} | {:.2}x |", two / one);
         }
     }
