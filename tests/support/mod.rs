@@ -110,6 +110,8 @@ pub async fn settle() {
     }
 }
 
+pub mod faults;
+
 /// Events for the manager tests: the event type says what the handler does.
 pub mod events {
     use std::collections::HashMap;
