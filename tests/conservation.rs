@@ -285,7 +285,7 @@ fn fixed_seeds_hold_the_invariants_and_cover_both_endings_of_stop() {
     let cut_short = reports.iter().filter(|r| !r.drained).count();
     let cancelled: u64 = reports.iter().map(|r| r.cancelled).sum();
     assert!(
-        cut_short >= 5 && cut_short <= 59,
+        (5..=59).contains(&cut_short),
         "{cut_short} of 64 stops cut short"
     );
     assert!(cancelled > 0);
