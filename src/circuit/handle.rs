@@ -281,8 +281,15 @@ impl Breaker {
                 to: t.to,
             };
             if catch_unwind(AssertUnwindSafe(|| hook(&change))).is_err() {
+                self.user_code_panicked();
                 tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "on_state_change hook panicked");
             }
+        }
+    }
+
+    fn user_code_panicked(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.panicked();
         }
     }
 

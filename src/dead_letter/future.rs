@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower::BoxError;
 
-use super::layer::DeadLetterShared;
+use super::layer::{captures, DeadLetterShared};
 use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
 use crate::attempts::{AttemptRecord, RetryStop, ATTEMPTS};
 use crate::Error;
@@ -76,6 +76,13 @@ fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
 }
 
 impl<R> DeadLetterShared<R> {
+    fn sink_panicked(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.panicked();
+        }
+        self.sink_failed(&"sink panicked");
+    }
+
     fn sink_failed(&self, what: &dyn std::fmt::Display) {
         if let Some(metrics) = &self.metrics {
             metrics.dead_letter_failed();
@@ -117,9 +124,11 @@ where
                         .unwrap_or_default();
                     let reason = reason_for(&error, &record);
                     let shared = &**this.shared;
-                    let capture = shared.config.capture.as_ref().is_none_or(|filter| {
-                        catch_unwind(AssertUnwindSafe(|| filter(reason))).unwrap_or(true)
-                    });
+                    let capture = captures(
+                        shared.config.capture.as_ref(),
+                        reason,
+                        shared.metrics.as_deref(),
+                    );
                     let (Some(sink), true, Some(request)) =
                         (&shared.config.sink, capture, this.request.take())
                     else {
@@ -141,20 +150,21 @@ where
                             error: Some(error),
                         }),
                         Err(_) => {
-                            shared.sink_failed(&"sink panicked");
+                            shared.sink_panicked();
                             return Poll::Ready(Err(error));
                         }
                     }
                 }
                 StateProj::Sending { sending, error } => {
-                    let outcome = ready!(match catch_unwind(AssertUnwindSafe(|| sending
-                        .as_mut()
-                        .poll(cx)))
-                    {
-                        Ok(poll) => poll,
-                        Err(_) => Poll::Ready(Err(BoxError::from("sink panicked"))),
-                    });
                     let shared = &**this.shared;
+                    let outcome = match catch_unwind(AssertUnwindSafe(|| sending.as_mut().poll(cx)))
+                    {
+                        Ok(poll) => ready!(poll),
+                        Err(_) => {
+                            shared.sink_panicked();
+                            return Poll::Ready(Err(error.take().unwrap_or(Error::Stopped)));
+                        }
+                    };
                     match outcome {
                         Ok(()) => {
                             if let Some(metrics) = &shared.metrics {

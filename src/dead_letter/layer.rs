@@ -117,6 +117,26 @@ impl<R> DeadLetterConfig<R> {
     }
 }
 
+/// Whether `filter` (none = all) captures `reason`. A panicking filter captures (losing a letter is worse
+/// than keeping one too many); the panic is logged and counted.
+pub(crate) fn captures(
+    filter: Option<&CaptureFilter>,
+    reason: DeadLetterReason,
+    metrics: Option<&ListenerMetrics>,
+) -> bool {
+    let Some(filter) = filter else { return true };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| filter(reason))) {
+        Ok(captured) => captured,
+        Err(_) => {
+            if let Some(metrics) = metrics {
+                metrics.panicked();
+            }
+            tracing::error!(target: "tower_listener::dead_letter", reason = reason.as_str(), "dead-letter capture filter panicked; capturing");
+            true
+        }
+    }
+}
+
 /// What every service of one dead-letter layer shares.
 pub(crate) struct DeadLetterShared<R> {
     pub(crate) config: DeadLetterConfig<R>,

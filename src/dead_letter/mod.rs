@@ -27,6 +27,7 @@ mod service;
 mod sink;
 
 pub use future::DeadLetterFuture;
+pub(crate) use layer::captures;
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};
 pub use service::DeadLetterService;

@@ -17,7 +17,7 @@ use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
-    CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
+    captures, CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
     DeadLetterReason, DeadLetterSink,
 };
 use crate::limit::ConcurrencyLimitLayer;
@@ -282,10 +282,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         self.shutdowns.fetch_add(1, Ordering::Relaxed);
         self.metrics.event_cancelled();
         let reason = DeadLetterReason::Shutdown;
-        let capture = self
-            .capture
-            .as_ref()
-            .is_none_or(|f| catch_unwind(AssertUnwindSafe(|| f(reason))).unwrap_or(true));
+        let capture = captures(self.capture.as_ref(), reason, Some(&self.metrics));
         if !self.dead_letters_enabled || !capture {
             tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), "event cancelled by shutdown and not dead-lettered");
             return Error::Stopped;
@@ -301,11 +298,18 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             reason,
         };
         let sent = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
+            // Spawned so that a panic while polling the sink's future is caught too.
             Ok(sending) => match tokio::spawn(sending).await {
                 Ok(result) => result,
-                Err(join) => Err(BoxError::from(format!("sink panicked: {join}"))),
+                Err(join) => {
+                    self.metrics.panicked();
+                    Err(BoxError::from(format!("sink panicked: {join}")))
+                }
             },
-            Err(_) => Err(BoxError::from("sink panicked")),
+            Err(_) => {
+                self.metrics.panicked();
+                Err(BoxError::from("sink panicked"))
+            }
         };
         match sent {
             Ok(()) => self.metrics.dead_lettered(),

@@ -152,25 +152,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match this.scope {
+        if *this.scope == Scope::Event {
+            ATTEMPT_FINISHED.set(None);
+        }
+        let result = ready!(this.inner.poll(cx)).map_err(|e| Error::from_boxed(e.into()));
+        *this.done = true;
+        match this.scope {
             Scope::Event => {
-                ATTEMPT_FINISHED.set(None);
-                let result = ready!(this.inner.poll(cx));
                 let now = ATTEMPT_FINISHED.take().unwrap_or_else(clock::now);
                 let latency = now.saturating_duration_since(*this.started);
                 this.metrics.event_finished(result.is_ok(), latency);
-                result
             }
             Scope::Attempt => {
-                let result = ready!(this.inner.poll(cx));
                 let now = clock::now();
                 ATTEMPT_FINISHED.set(Some(now));
                 let latency = now.saturating_duration_since(*this.started);
                 this.metrics.attempt_finished(result.is_ok(), latency, now);
-                result
+                if let Err(Error::Panicked { .. }) = &result {
+                    this.metrics.panicked();
+                }
             }
-        };
-        *this.done = true;
-        Poll::Ready(result.map_err(|e| Error::from_boxed(e.into())))
+        }
+        Poll::Ready(result)
     }
 }

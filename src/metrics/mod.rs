@@ -78,6 +78,7 @@ struct Counts {
     /// Incremented and decremented on possibly different shards: summed with wrapping arithmetic.
     in_flight: AtomicU64,
     circuit_trips: AtomicU64,
+    panics: AtomicU64,
 }
 
 /// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
@@ -118,6 +119,9 @@ pub struct Stats {
     pub circuit_breakers: u64,
     /// Times a breaker opened.
     pub circuit_trips: u64,
+    /// Panics caught in user code: handlers, dead-letter sinks and capture filters, breaker hooks and
+    /// classifiers, retry conditions. Each was contained (the process and the manager go on) and logged.
+    pub panics: u64,
     /// Latency of whole events, retries and backoff included.
     pub event_latency: LatencySummary,
     /// Latency of single attempts.
@@ -143,6 +147,7 @@ impl Stats {
         self.in_flight += other.in_flight;
         self.circuit_breakers += other.circuit_breakers;
         self.circuit_trips += other.circuit_trips;
+        self.panics += other.panics;
         self.event_latency = self.event_latency.merge_upper_bound(other.event_latency);
         self.attempt_latency = self
             .attempt_latency
@@ -223,6 +228,7 @@ impl ListenerMetrics {
             in_flight: (self.sum(|c| &c.in_flight) as i64).max(0) as u64,
             circuit_breakers: u64::from(state.is_open()),
             circuit_trips: self.sum(|c| &c.circuit_trips),
+            panics: self.sum(|c| &c.panics),
             event_latency: self.event_latency.summary(),
             attempt_latency: self.attempt_latency.summary(),
         }
@@ -300,6 +306,11 @@ impl ListenerMetrics {
     pub(crate) fn attempt_timed_out(&self, latency: Duration) {
         self.mine().timeouts.fetch_add(1, Ordering::Relaxed);
         self.attempt_finished(false, latency, clock::now());
+    }
+
+    /// A panic in user code was caught.
+    pub(crate) fn panicked(&self) {
+        self.mine().panics.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn retried(&self) {

@@ -100,7 +100,7 @@ where
                     let policy = &this.core.shared.policy;
                     let stop = if *this.attempt > policy.max_retries {
                         Some(RetryStop::Exhausted)
-                    } else if !policy.should_retry(&error) {
+                    } else if !policy.should_retry(&error, this.core.shared.metrics.as_deref()) {
                         Some(RetryStop::NotRetryable)
                     } else if policy.budget.as_ref().is_some_and(|b| !b.withdraw()) {
                         Some(RetryStop::BudgetExhausted)

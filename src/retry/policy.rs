@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::backoff::{Backoff, Jitter};
 use super::budget::RetryBudget;
 use crate::error::check_duration;
+use crate::metrics::ListenerMetrics;
 use crate::Error;
 
 /// Decides whether an error is worth a retry (see [`RetryPolicy::retry_condition`]).
@@ -100,14 +101,17 @@ impl RetryPolicy {
         self
     }
 
-    /// Whether `error` should be retried under this policy's condition. A panicking condition is caught and
-    /// answers false.
-    pub(crate) fn should_retry(&self, error: &Error) -> bool {
+    /// Whether `error` should be retried under this policy's condition. A panicking condition is caught,
+    /// counted in `metrics`, and answers false.
+    pub(crate) fn should_retry(&self, error: &Error, metrics: Option<&ListenerMetrics>) -> bool {
         match &self.retry_condition {
             None => Self::default_condition(error),
             Some(condition) => match catch_unwind(AssertUnwindSafe(|| condition(error))) {
                 Ok(retry) => retry,
                 Err(_) => {
+                    if let Some(metrics) = metrics {
+                        metrics.panicked();
+                    }
                     tracing::error!(target: "tower_listener::retry", "retry_condition panicked; not retrying");
                     false
                 }
