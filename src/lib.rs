@@ -80,6 +80,7 @@ pub mod limit;
 pub mod manager;
 pub mod metrics;
 pub mod retry;
+mod sync;
 pub mod timeout;
 mod window;
 

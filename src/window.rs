@@ -8,18 +8,26 @@
 //! more than `L`.
 //!
 //! It uses neither tokio nor tower: every method takes the time as a plain [`Instant`], so it is tested
-//! without a runtime. It is lock-free; the only imprecision under concurrency is that a call recorded at
-//! the very moment its bucket is recycled for a new period may be lost.
+//! without a runtime. Recording never loses a call: when a bucket turns over to a new period, the thread
+//! that claims it marks it as being reset, zeroes it and only then publishes the new period; threads that
+//! record into it meanwhile wait those few instructions. (An earlier version zeroed after publishing, and
+//! the loom model in `tests/loom.rs` found the interleaving that lost a concurrent failure.)
 //!
 //! A window can be sharded by thread ([`SlidingWindow::sharded`]): each thread records into its own set of
 //! buckets (no cache line shared between threads on the write path) and a read sums the shards. The health
 //! window is sharded (written on every attempt, read rarely); the breaker's is not (read on every failure).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::sync::AtomicU64;
+
 /// Buckets per window: a 60 s window has ~0.94 s resolution.
+#[cfg(not(tower_listener_loom))]
 pub(crate) const BUCKETS: usize = 64;
+/// Under the loom model, few buckets: each bucket read is a point where loom explores interleavings.
+#[cfg(tower_listener_loom)]
+pub(crate) const BUCKETS: usize = 4;
 
 /// Counts read from a [`SlidingWindow`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,9 +50,12 @@ impl WindowCounts {
     }
 }
 
+/// A bucket being zeroed for a new period.
+const RESETTING: u64 = u64::MAX;
+
 #[derive(Default)]
 struct Bucket {
-    /// The period this bucket counts, plus one; 0 = never used.
+    /// The period this bucket counts (1-based); 0 = never used; `RESETTING` while it is being zeroed.
     period: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
@@ -95,26 +106,37 @@ impl SlidingWindow {
             crate::metrics::thread_index() % self.shards
         };
         let bucket = &self.buckets[shard * BUCKETS + (period % BUCKETS as u64) as usize];
-        // Acquire pairs with the Release of the thread that recycled the bucket, so its zeroing is seen
-        // before our increment.
+        // Acquire pairs with the Release that publishes a bucket's period after its zeroing, so an
+        // increment made after seeing the period lands on the zeroed counts.
         let mut seen = bucket.period.load(Ordering::Acquire);
-        while seen < period {
-            match bucket
-                .period
-                .compare_exchange(seen, period, Ordering::AcqRel, Ordering::Acquire)
-            {
+        loop {
+            if seen == period {
+                break;
+            }
+            if seen == RESETTING {
+                crate::sync::spin_loop();
+                seen = bucket.period.load(Ordering::Acquire);
+                continue;
+            }
+            if seen > period {
+                // Already moved to a newer period by a thread with a later clock reading: this call is
+                // older than the window can place, and would fall out within one bucket anyway.
+                return;
+            }
+            match bucket.period.compare_exchange(
+                seen,
+                RESETTING,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     bucket.successes.store(0, Ordering::Relaxed);
                     bucket.failures.store(0, Ordering::Relaxed);
+                    bucket.period.store(period, Ordering::Release);
                     break;
                 }
                 Err(actual) => seen = actual,
             }
-        }
-        if seen > period {
-            // Another thread already moved this bucket to a newer period: our call is older than the
-            // window's resolution allows to place; it would fall out within one bucket anyway.
-            return;
         }
         let counter = if success {
             &bucket.successes
@@ -132,7 +154,7 @@ impl SlidingWindow {
         let mut counts = WindowCounts::default();
         for bucket in self.buckets.iter() {
             let period = bucket.period.load(Ordering::Acquire);
-            if period >= oldest && period <= current {
+            if period != RESETTING && period >= oldest && period <= current {
                 counts.successes += bucket.successes.load(Ordering::Relaxed);
                 counts.failures += bucket.failures.load(Ordering::Relaxed);
             }
@@ -142,10 +164,12 @@ impl SlidingWindow {
 
     /// Forgets every call.
     pub(crate) fn clear(&self) {
+        // Counts first, period last: a racing increment then lands in a bucket marked unused, which the next
+        // record zeroes, rather than in a bucket that reads as current.
         for bucket in self.buckets.iter() {
-            bucket.period.store(0, Ordering::Release);
             bucket.successes.store(0, Ordering::Relaxed);
             bucket.failures.store(0, Ordering::Relaxed);
+            bucket.period.store(0, Ordering::Release);
         }
     }
 }

@@ -8,13 +8,14 @@
 //! - open, before the timeout: one atomic read and one clock read; no lock, no allocation.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{CircuitConfig, StateChange};
 use super::state::{Admission, CallOutcome, CircuitState, StateMachine, Transition};
 use crate::metrics::ListenerMetrics;
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::window::SlidingWindow;
 use crate::{clock, Error};
 
@@ -36,7 +37,8 @@ pub(crate) struct Breaker {
     origin: Instant,
     window: SlidingWindow,
     metrics: Option<Arc<ListenerMetrics>>,
-    rng: Mutex<fastrand::Rng>,
+    /// std's mutex even under loom: nothing inside it is a loom operation.
+    rng: std::sync::Mutex<fastrand::Rng>,
 }
 
 fn pack(generation: u64, state: CircuitState) -> u64 {
@@ -68,7 +70,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             origin,
             metrics,
-            rng: Mutex::new(fastrand::Rng::new()),
+            rng: std::sync::Mutex::new(fastrand::Rng::new()),
         }
     }
 

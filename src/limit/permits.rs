@@ -11,10 +11,12 @@
 //! freed permit, or the release sees the waiter and notifies it (`notify_one` keeps the notification when
 //! the waiter is between arming and waiting; a notified waiter that is dropped passes it on).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+
+use crate::sync::AtomicUsize;
 
 pub(crate) struct Permits {
     limit: usize,
