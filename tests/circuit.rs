@@ -434,6 +434,7 @@ async fn a_classifier_decides_what_counts() {
 
 #[tokio::test(start_paused = true)]
 async fn the_state_change_hook_sees_every_transition_even_when_it_panics() {
+    support::quiet_injected_panics();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let layer = CircuitBreakerLayer::new(config(1).on_state_change(move |change| {

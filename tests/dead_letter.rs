@@ -62,6 +62,7 @@ async fn a_failed_event_is_dead_lettered_exactly_once_with_event_error_attempts_
 
 #[tokio::test(start_paused = true)]
 async fn the_reason_says_why_retrying_stopped() {
+    support::quiet_injected_panics();
     let queue = DeadLetterQueue::new(10);
     let (inner, _) = handler();
     let policy = RetryPolicy::default().with_condition(|e| !matches!(e, Error::Panicked { .. }));
@@ -138,8 +139,9 @@ async fn the_capture_filter_narrows_what_is_dead_lettered() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_sink_is_counted_and_the_caller_gets_the_original_error() {
+    support::quiet_injected_panics();
     let metrics = Arc::new(ListenerMetrics::new("l"));
-    let sink = dead_letter_fn(|_: DeadLetter<Call>| panic!("sink down"));
+    let sink = dead_letter_fn(|_: DeadLetter<Call>| panic!("sink down: injected panic"));
     let (inner, _) = handler();
     let svc = ServiceBuilder::new()
         .layer(

@@ -473,11 +473,12 @@ async fn reading_health_never_changes_a_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_handler_or_dead_letter_sink_does_not_take_the_manager_down() {
+    support::quiet_injected_panics();
     let m = manager();
     let (a, _) = scripted("a");
     let sink =
         tower_listener::dead_letter_fn(|_: tower_listener::DeadLetter<tower_listener::Event>| {
-            panic!("sink down")
+            panic!("sink down: injected panic")
         });
     m.register(
         a,

@@ -23,6 +23,7 @@ use tower_listener::{
 
 #[tokio::test(start_paused = true)]
 async fn panics_in_user_code_are_contained_counted_and_reported() {
+    support::quiet_injected_panics();
     let m = ListenerManager::new(ManagerConfig::default()).unwrap();
     let (a, _) = scripted("a");
     m.register(
@@ -33,7 +34,7 @@ async fn panics_in_user_code_are_contained_counted_and_reported() {
                 ..RetryPolicy::default()
             }
             .with_condition(|e| match e {
-                Error::Handler(_) => panic!("condition panics on handler errors"),
+                Error::Handler(_) => panic!("the condition panics"),
                 _ => true,
             }),
             circuit: CircuitConfig {
@@ -84,6 +85,7 @@ async fn panics_in_user_code_are_contained_counted_and_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_under_load_finishes_by_its_deadline_and_accounts_for_every_event() {
+    support::quiet_injected_panics();
     let m = ListenerManager::new(ManagerConfig {
         workers: 64,
         queue: 10_000,
@@ -428,6 +430,7 @@ proptest! {
     /// panicking or overflowing `Instant` arithmetic.
     #[test]
     fn any_config_is_refused_cleanly_or_works(config in listener_config()) {
+        support::quiet_injected_panics();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         rt.block_on(async move {
             let m = ListenerManager::new(ManagerConfig::default()).unwrap();

@@ -159,8 +159,9 @@ async fn the_condition_stops_retries_of_non_retryable_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_condition_means_no_retry() {
+    support::quiet_injected_panics();
     let (inner, probe) = handler();
-    let policy = RetryPolicy::default().with_condition(|_| panic!("bad condition"));
+    let policy = RetryPolicy::default().with_condition(|_| panic!("bad condition: injected panic"));
     let svc = ServiceBuilder::new()
         .layer(RetryLayer::new(policy).unwrap())
         .service(inner);

@@ -297,27 +297,30 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             dead_lettered_at: now,
             reason,
         };
-        let sent = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
-            // Spawned so that a panic while polling the sink's future is caught too.
-            Ok(sending) => match tokio::spawn(sending).await {
-                Ok(result) => result,
-                Err(join) => {
-                    self.metrics.panicked();
-                    Err(BoxError::from(format!("sink panicked: {join}")))
-                }
-            },
+        let sending = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
+            Ok(sending) => sending,
             Err(_) => {
                 self.metrics.panicked();
-                Err(BoxError::from("sink panicked"))
+                sink_failed(&self.metrics, &self.id, &"sink panicked");
+                return Error::Stopped;
             }
         };
-        match sent {
-            Ok(()) => self.metrics.dead_lettered(),
-            Err(e) => {
-                self.metrics.dead_letter_failed();
-                tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed");
+        // The letter is counted by a task of its own, so the count is right even when the caller that is
+        // shutting this event down is itself cancelled meanwhile; the sink's future runs in a nested task
+        // so that a panic in it is caught too.
+        let metrics = self.metrics.clone();
+        let id = self.id.clone();
+        let counted = tokio::spawn(async move {
+            match tokio::spawn(sending).await {
+                Ok(Ok(())) => metrics.dead_lettered(),
+                Ok(Err(e)) => sink_failed(&metrics, &id, &e),
+                Err(join) => {
+                    metrics.panicked();
+                    sink_failed(&metrics, &id, &join);
+                }
             }
-        }
+        });
+        let _ = counted.await;
         Error::Stopped
     }
 
@@ -341,6 +344,12 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed to flush");
         }
     }
+}
+
+/// Counts and logs a dead letter the sink did not take.
+fn sink_failed(metrics: &ListenerMetrics, listener: &str, error: &dyn std::fmt::Display) {
+    metrics.dead_letter_failed();
+    tracing::error!(target: "tower_listener::dead_letter", listener = %listener, error = %error, "dead-letter sink failed");
 }
 
 /// An accepted event's claim on its listener's in-flight count.

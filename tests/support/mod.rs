@@ -193,3 +193,27 @@ pub mod events {
         (listener, calls)
     }
 }
+
+/// Keeps the panics that tests inject on purpose ("scripted panic", "injected panic", "… panics") out of
+/// the test output; any other panic is printed as usual.
+pub fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let injected = message.contains("scripted panic")
+                || message.contains("injected panic")
+                || message.ends_with(" panics")
+                || message.contains("a hook that panics");
+            if !injected {
+                default(info);
+            }
+        }));
+    });
+}
