@@ -171,7 +171,8 @@ impl Breaker {
             Some(classify) => match catch_unwind(AssertUnwindSafe(|| classify(error))) {
                 Ok(outcome) => outcome,
                 Err(_) => {
-                    tracing::error!(breaker = %self.name, "circuit breaker classifier panicked; counting the error as a failure");
+                    self.user_code_panicked();
+                    tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "circuit breaker classifier panicked; counting the error as a failure");
                     CallOutcome::Failure
                 }
             },

@@ -22,7 +22,7 @@ pin_project! {
     enum State<F> {
         Running { #[pin] future: TaskLocalFuture<Cell<AttemptRecord>, F> },
         Passthrough { #[pin] future: F },
-        Sending { sending: SinkFuture, error: Option<Error> },
+        Sending { sending: SinkFuture, error: Option<Error>, reason: DeadLetterReason, attempts: u32 },
     }
 }
 
@@ -135,11 +135,12 @@ where
                         return Poll::Ready(Err(error));
                     };
                     let now = SystemTime::now();
+                    let attempts = record.attempts.max(1);
                     let letter = DeadLetter {
                         request,
                         error: error.clone(),
                         listener: shared.name.clone(),
-                        attempts: record.attempts.max(1),
+                        attempts,
                         first_failure_at: record.first_failure.unwrap_or(now),
                         dead_lettered_at: now,
                         reason,
@@ -148,6 +149,8 @@ where
                         Ok(sending) => this.state.set(State::Sending {
                             sending,
                             error: Some(error),
+                            reason,
+                            attempts,
                         }),
                         Err(_) => {
                             shared.sink_panicked();
@@ -155,7 +158,12 @@ where
                         }
                     }
                 }
-                StateProj::Sending { sending, error } => {
+                StateProj::Sending {
+                    sending,
+                    error,
+                    reason,
+                    attempts,
+                } => {
                     let shared = &**this.shared;
                     let outcome = match catch_unwind(AssertUnwindSafe(|| sending.as_mut().poll(cx)))
                     {
@@ -173,6 +181,9 @@ where
                             tracing::warn!(
                                 target: "tower_listener::dead_letter",
                                 listener = %shared.name,
+                                reason = reason.as_str(),
+                                attempts = *attempts,
+                                error = error.as_ref().map(|e| e.kind()).unwrap_or("unknown"),
                                 "event dead-lettered"
                             );
                         }

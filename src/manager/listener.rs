@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use tokio::sync::Notify;
 use tower::util::{MapResponseLayer, ServiceFn};
 use tower::{BoxError, Service, ServiceBuilder};
+use tracing::Instrument;
 
 use super::config::{ListenerConfig, ManagerConfig};
 use super::health::{HealthStatus, HealthThresholds};
@@ -241,6 +242,17 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// Runs one accepted event through the full stack. If the listener's run is cancelled (a shutdown past
     /// its deadline) first, the event is dropped from the stack and dead-lettered with reason `Shutdown`.
     pub(crate) async fn run(&self, event: Event<T>, run: u64) -> Result<(), Error> {
+        let span = tracing::info_span!(
+            target: "tower_listener::event",
+            "event",
+            listener = %self.id,
+            event.id = event.id(),
+            "event.type" = event.event_type(),
+        );
+        self.run_in_span(event, run).instrument(span).await
+    }
+
+    async fn run_in_span(&self, event: Event<T>, run: u64) -> Result<(), Error> {
         if self.is_cancelled(run) {
             return Err(self.shut_down(event).await);
         }
@@ -310,16 +322,29 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // so that a panic in it is caught too.
         let metrics = self.metrics.clone();
         let id = self.id.clone();
-        let counted = tokio::spawn(async move {
-            match tokio::spawn(sending).await {
-                Ok(Ok(())) => metrics.dead_lettered(),
-                Ok(Err(e)) => sink_failed(&metrics, &id, &e),
-                Err(join) => {
-                    metrics.panicked();
-                    sink_failed(&metrics, &id, &join);
+        let counted = tokio::spawn(
+            async move {
+                match tokio::spawn(sending).await {
+                    Ok(Ok(())) => {
+                        metrics.dead_lettered();
+                        tracing::warn!(
+                            target: "tower_listener::dead_letter",
+                            listener = %id,
+                            reason = DeadLetterReason::Shutdown.as_str(),
+                            attempts = 0u32,
+                            error = Error::Stopped.kind(),
+                            "event dead-lettered"
+                        );
+                    }
+                    Ok(Err(e)) => sink_failed(&metrics, &id, &e),
+                    Err(join) => {
+                        metrics.panicked();
+                        sink_failed(&metrics, &id, &join);
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         let _ = counted.await;
         Error::Stopped
     }

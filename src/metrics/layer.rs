@@ -171,6 +171,16 @@ where
                 if let Err(Error::Panicked { .. }) = &result {
                     this.metrics.panicked();
                 }
+                tracing::debug!(
+                    target: "tower_listener::attempt",
+                    listener = this.metrics.name(),
+                    outcome = match &result {
+                        Ok(_) => "ok",
+                        Err(e) => e.kind(),
+                    },
+                    latency_us = latency.as_micros() as u64,
+                    "attempt finished"
+                );
             }
         }
         Poll::Ready(result)
