@@ -12,7 +12,9 @@ use std::time::SystemTime;
 /// [`with_metadata`](Event::with_metadata) copies on write only when the event is shared.
 ///
 /// With the `serde` feature (on by default) an `Event<T>` is `Serialize`/`Deserialize` when `T` is, so a
-/// dead letter can be stored and replayed.
+/// dead letter can be stored and replayed. The JSON form is
+/// `{"id": .., "event_type": .., "data": .., "metadata": {..}, "timestamp": {"secs_since_epoch": .., "nanos_since_epoch": ..}}`;
+/// `metadata` and `timestamp` may be left out (empty, and now).
 ///
 /// ```
 /// use tower_listener::Event;
@@ -34,6 +36,7 @@ pub struct Event<T = serde_json::Value> {
 struct Inner<T> {
     id: String,
     event_type: String,
+    #[cfg_attr(feature = "serde", serde(default = "SystemTime::now"))]
     timestamp: SystemTime,
     data: T,
     #[cfg_attr(feature = "serde", serde(default))]

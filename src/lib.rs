@@ -76,6 +76,8 @@ mod clock;
 pub mod dead_letter;
 mod error;
 mod event;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod limit;
 pub mod manager;
 pub mod metrics;

@@ -590,3 +590,29 @@ impl LayerService for CircuitBreakerLayer {
         tower::Layer::layer(self, inner)
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_classifier_counts_failed_responses() {
+    let layer = CircuitBreakerLayer::new(config(2).classify_responses(|status: &u16| {
+        if *status >= 500 {
+            CallOutcome::Failure
+        } else {
+            CallOutcome::Success
+        }
+    }))
+    .unwrap();
+    let handle = layer.handle();
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|status: u16| async move { Ok::<u16, Error>(status) }),
+    );
+    assert_eq!(svc.clone().oneshot(200).await.unwrap(), 200);
+    assert_eq!(svc.clone().oneshot(503).await.unwrap(), 503);
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(svc.clone().oneshot(500).await.unwrap(), 500);
+    assert_eq!(handle.state(), CircuitState::Open);
+    assert!(matches!(
+        svc.oneshot(200).await,
+        Err(Error::CircuitOpen { .. })
+    ));
+}

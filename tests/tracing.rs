@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::events::{event, scripted};
+use tower_listener::{CircuitConfig, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use tower_listener::{CircuitConfig, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy};
 
 #[derive(Default)]
 struct Fields(HashMap<String, String>);
@@ -37,9 +37,12 @@ struct Captured {
     span: Option<HashMap<String, String>>,
 }
 
+/// A span's name and fields, by span id.
+type Spans = HashMap<u64, (String, HashMap<String, String>)>;
+
 #[derive(Clone, Default)]
 struct Capture {
-    spans: Arc<Mutex<HashMap<u64, (String, HashMap<String, String>)>>>,
+    spans: Arc<Mutex<Spans>>,
     events: Arc<Mutex<Vec<Captured>>>,
 }
 
@@ -47,18 +50,22 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        self.spans
-            .lock()
-            .unwrap()
-            .insert(id.into_u64(), (attrs.metadata().name().to_owned(), fields.0));
+        self.spans.lock().unwrap().insert(
+            id.into_u64(),
+            (attrs.metadata().name().to_owned(), fields.0),
+        );
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let span = ctx
-            .event_span(event)
-            .and_then(|s| self.spans.lock().unwrap().get(&s.id().into_u64()).map(|(_, f)| f.clone()));
+        let span = ctx.event_span(event).and_then(|s| {
+            self.spans
+                .lock()
+                .unwrap()
+                .get(&s.id().into_u64())
+                .map(|(_, f)| f.clone())
+        });
         self.events.lock().unwrap().push(Captured {
             target: event.metadata().target().to_owned(),
             fields: fields.0,
@@ -72,15 +79,26 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
         rt.block_on(async {
             let m = ListenerManager::new(ManagerConfig::default()).unwrap();
             let (orders, _) = scripted("orders");
             m.register(
                 orders,
                 ListenerConfig {
-                    retry_policy: RetryPolicy { max_retries: 2, initial_delay: Duration::from_millis(10), ..Default::default() },
-                    circuit: CircuitConfig { failure_threshold: 3, ..Default::default() },
+                    retry_policy: RetryPolicy {
+                        max_retries: 2,
+                        initial_delay: Duration::from_millis(10),
+                        ..Default::default()
+                    },
+                    circuit: CircuitConfig {
+                        failure_threshold: 3,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 },
             )
@@ -92,23 +110,42 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
     });
 
     let spans = capture.spans.lock().unwrap();
-    let (name, fields) = spans.values().find(|(name, _)| name == "event").expect("an event span");
+    let (name, fields) = spans
+        .values()
+        .find(|(name, _)| name == "event")
+        .expect("an event span");
     assert_eq!(name, "event");
     assert_eq!(fields.get("listener").map(String::as_str), Some("orders"));
     assert_eq!(fields.get("event.id").map(String::as_str), Some("e1"));
     assert_eq!(fields.get("event.type").map(String::as_str), Some("fail"));
 
     let events = capture.events.lock().unwrap();
-    let in_event_span = |e: &Captured| e.span.as_ref().and_then(|s| s.get("event.id")).map(String::as_str) == Some("e1");
-    let of = |target: &str| events.iter().filter(|e| e.target == target).cloned().collect::<Vec<_>>();
+    let in_event_span = |e: &Captured| {
+        e.span
+            .as_ref()
+            .and_then(|s| s.get("event.id"))
+            .map(String::as_str)
+            == Some("e1")
+    };
+    let of = |target: &str| {
+        events
+            .iter()
+            .filter(|e| e.target == target)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
 
     let attempts = of("tower_listener::attempt");
     assert_eq!(attempts.len(), 3, "{attempts:?}");
-    assert!(attempts.iter().all(|e| in_event_span(e) && e.fields["outcome"] == "handler" && e.fields.contains_key("latency_us")));
+    assert!(attempts.iter().all(|e| in_event_span(e)
+        && e.fields["outcome"] == "handler"
+        && e.fields.contains_key("latency_us")));
 
     let retries = of("tower_listener::retry");
     assert_eq!(retries.len(), 2);
-    assert!(retries.iter().all(|e| in_event_span(e) && e.fields.contains_key("attempt") && e.fields.contains_key("delay_ms")));
+    assert!(retries.iter().all(|e| in_event_span(e)
+        && e.fields.contains_key("attempt")
+        && e.fields.contains_key("delay_ms")));
 
     let dead = of("tower_listener::dead_letter");
     assert_eq!(dead.len(), 1);
@@ -120,5 +157,11 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
     let transitions = of("tower_listener::circuit");
     assert_eq!(transitions.len(), 1, "{transitions:?}");
     assert_eq!(transitions[0].fields["breaker"], "orders");
-    assert_eq!((transitions[0].fields["from"].as_str(), transitions[0].fields["to"].as_str()), ("closed", "open"));
+    assert_eq!(
+        (
+            transitions[0].fields["from"].as_str(),
+            transitions[0].fields["to"].as_str()
+        ),
+        ("closed", "open")
+    );
 }

@@ -11,6 +11,10 @@ use crate::Error;
 /// Classifies a failed call for the breaker (see [`CircuitConfig::classifier`]).
 pub type ErrorClassifier = Arc<dyn Fn(&Error) -> CallOutcome + Send + Sync>;
 
+/// Classifies a successful response for the breaker (see [`CircuitConfig::response_classifier`]); it sees
+/// the response as `&dyn Any` (see [`CircuitConfig::classify_responses`] for a typed one).
+pub type ResponseClassifier = Arc<dyn Fn(&dyn std::any::Any) -> CallOutcome + Send + Sync>;
+
 /// Called on every state change (see [`CircuitConfig::on_state_change`]).
 pub type StateChangeHook = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
@@ -70,6 +74,9 @@ pub struct CircuitConfig {
     /// How an error counts. Default ([`CircuitConfig::default_classifier`]): rejections
     /// ([`Error::is_rejection`]) and [`Error::Stopped`] are ignored, every other error is a failure.
     pub classifier: Option<ErrorClassifier>,
+    /// How a successful response counts: for services that report failure in the response itself (an HTTP
+    /// 5xx from an axum handler). Default `None`: every response is a success (unless slow).
+    pub response_classifier: Option<ResponseClassifier>,
     /// Called after every state change, outside the breaker's lock (it may call the handle). A panic in
     /// it is caught and logged.
     pub on_state_change: Option<StateChangeHook>,
@@ -89,6 +96,7 @@ impl Default for CircuitConfig {
             slow_call_threshold: None,
             open_jitter: None,
             classifier: None,
+            response_classifier: None,
             on_state_change: None,
         }
     }
@@ -124,6 +132,30 @@ impl CircuitConfig {
         classifier: impl Fn(&Error) -> CallOutcome + Send + Sync + 'static,
     ) -> Self {
         self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// Classifies responses of type `R`: `f` decides whether each counts as a success, a failure, or
+    /// neither. Responses of another type count as successes.
+    ///
+    /// ```
+    /// use tower_listener::{CallOutcome, CircuitConfig};
+    ///
+    /// // A service answering with a status code: 5xx counts as a failure.
+    /// let config = CircuitConfig::default().classify_responses(|status: &u16| {
+    ///     if *status >= 500 { CallOutcome::Failure } else { CallOutcome::Success }
+    /// });
+    /// # let _ = config;
+    /// ```
+    pub fn classify_responses<R: 'static>(
+        mut self,
+        f: impl Fn(&R) -> CallOutcome + Send + Sync + 'static,
+    ) -> Self {
+        self.response_classifier = Some(Arc::new(move |response: &dyn std::any::Any| {
+            response
+                .downcast_ref::<R>()
+                .map_or(CallOutcome::Success, &f)
+        }));
         self
     }
 
@@ -200,6 +232,10 @@ impl fmt::Debug for CircuitConfig {
             .field("slow_call_threshold", &self.slow_call_threshold)
             .field("open_jitter", &self.open_jitter)
             .field("classifier", &self.classifier.as_ref().map(|_| "custom"))
+            .field(
+                "response_classifier",
+                &self.response_classifier.as_ref().map(|_| "custom"),
+            )
             .field(
                 "on_state_change",
                 &self.on_state_change.as_ref().map(|_| "hook"),

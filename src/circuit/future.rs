@@ -23,13 +23,13 @@ struct Admitted {
 }
 
 impl Admitted {
-    fn settle<T>(&mut self, result: &Result<T, Error>) {
+    fn settle<T: 'static>(&mut self, result: &Result<T, Error>) {
         let outcome = match result {
-            Ok(_) => match self.started {
+            Ok(response) => match self.started {
                 Some(started) if self.breaker.is_slow(clock::now() - started) => {
                     CallOutcome::Failure
                 }
-                _ => CallOutcome::Success,
+                _ => self.breaker.classify_response(response),
             },
             Err(error) => self.breaker.classify(error),
         };
@@ -114,6 +114,7 @@ where
 impl<S, R> Future for CircuitFuture<S, R>
 where
     S: Service<R>,
+    S::Response: 'static,
     S::Error: Into<BoxError>,
 {
     type Output = Result<S::Response, Error>;

@@ -161,6 +161,22 @@ impl Breaker {
             .is_some_and(|limit| elapsed > limit)
     }
 
+    /// How a successful `response` counts (the response classifier's verdict; a panicking classifier
+    /// counts it as a failure).
+    pub(crate) fn classify_response(&self, response: &dyn std::any::Any) -> CallOutcome {
+        match &self.config.response_classifier {
+            None => CallOutcome::Success,
+            Some(classify) => match catch_unwind(AssertUnwindSafe(|| classify(response))) {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.user_code_panicked();
+                    tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "circuit breaker response classifier panicked; counting a failure");
+                    CallOutcome::Failure
+                }
+            },
+        }
+    }
+
     pub(crate) fn measures_latency(&self) -> bool {
         self.config.slow_call_threshold.is_some()
     }

@@ -20,7 +20,9 @@
 //! What counts as a failure: handler errors, panics and timeouts (and successes slower than
 //! [`slow_call_threshold`](CircuitConfig::slow_call_threshold)); never rejections by an inner layer
 //! ([`Error::Overloaded`](crate::Error::Overloaded)) nor shutdowns. A
-//! [`classifier`](CircuitConfig::classifier) can decide otherwise.
+//! [`classifier`](CircuitConfig::classifier) can decide otherwise, and a
+//! [`response_classifier`](CircuitConfig::response_classifier) can count a response as a failure (an HTTP
+//! 5xx, see [`CircuitConfig::classify_responses`]).
 //!
 //! A result from a call that started before a state change is ignored (each state change starts a new
 //! generation). Every transition is logged as a `tracing` event (target `tower_listener::circuit`, fields
@@ -39,7 +41,9 @@ mod layer;
 mod service;
 mod state;
 
-pub use config::{CircuitConfig, ErrorClassifier, StateChange, StateChangeHook};
+pub use config::{
+    CircuitConfig, ErrorClassifier, ResponseClassifier, StateChange, StateChangeHook,
+};
 pub use future::CircuitFuture;
 pub use handle::CircuitBreakerHandle;
 pub use layer::CircuitBreakerLayer;

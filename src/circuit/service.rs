@@ -58,6 +58,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CircuitBreaker<S> {
 impl<S, R> Service<R> for CircuitBreaker<S>
 where
     S: Service<R> + Clone,
+    S::Response: 'static,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
