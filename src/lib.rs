@@ -76,6 +76,8 @@ mod clock;
 pub mod dead_letter;
 mod error;
 mod event;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod limit;
