@@ -96,6 +96,7 @@ fn main() {
     let report = std::env::args().any(|a| a == "--bench");
 
     let ours = stacks::ours();
+    let unrecorded = stacks::ours_without_metrics();
     let bare = noop();
     let manager = ListenerManager::new(ManagerConfig::named("bench")).unwrap();
     manager
@@ -120,10 +121,14 @@ fn main() {
         println!("\nThroughput, millions of calls/s ({machine} cores; one OS thread and current-thread runtime per thread; median of 7 runs of 400k calls per thread)");
         println!("| stack | 1 thread | 2 threads | 2 / 1 |\n|---|---:|---:|---:|");
         let per = 400_000;
-        let rows: [(&str, Box<Run>); 3] = [
+        let rows: [(&str, Box<Run>); 4] = [
             (
                 "bare no-op service",
                 Box::new(|t, n| run_stack(&bare, t, n)),
+            ),
+            (
+                "full stack without metrics (no histograms)",
+                Box::new(|t, n| run_stack(&unrecorded, t, n)),
             ),
             (
                 "full stack (by hand, histograms on)",

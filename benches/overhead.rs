@@ -140,6 +140,11 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
             ),
         ),
         (
+            "full stack, by hand, no metrics",
+            "ours: the layers without histograms or counters",
+            case(rt, stacks::ours_without_metrics()),
+        ),
+        (
             "full stack, by hand",
             "ours: all six layers",
             case(rt, stacks::ours()),

@@ -147,6 +147,29 @@ pub mod stacks {
             .service(noop())
     }
 
+    /// The same six layers without any metrics (no histograms, no counters, no health window), to show
+    /// what recording costs, alone and under contention.
+    pub fn ours_without_metrics() -> impl Service<
+        Event,
+        Response = (),
+        Error = Error,
+        Future = impl Future<Output = Result<(), Error>> + Send,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        ServiceBuilder::new()
+            .layer(DeadLetterLayer::with_sink(DeadLetterQueue::<Event>::new(
+                1_000,
+            )))
+            .layer(RetryLayer::new(RetryPolicy::default()).unwrap())
+            .layer(CircuitBreakerLayer::new(CircuitConfig::default()).unwrap())
+            .layer(ConcurrencyLimitLayer::new(10).unwrap())
+            .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap())
+            .layer(CatchPanicLayer)
+            .service(noop())
+    }
+
     /// A latency layer for the peer stacks: one mutex-guarded hdrhistogram, as peers do it.
     #[derive(Clone)]
     pub struct MutexHistogramLayer(Arc<Mutex<Histogram<u64>>>);
