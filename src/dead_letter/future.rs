@@ -15,6 +15,7 @@ use tower::BoxError;
 use super::layer::{captures, DeadLetterShared};
 use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
 use crate::attempts::{AttemptRecord, RetryStop, ATTEMPTS};
+use crate::metrics::ListenerMetrics;
 use crate::Error;
 
 pin_project! {
@@ -75,24 +76,35 @@ fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
     }
 }
 
-impl<R> DeadLetterShared<R> {
-    fn sink_panicked(&self) {
-        if let Some(metrics) = &self.metrics {
+/// Counts (in `dead_letter_failures`, and in `panics` when it panicked) and logs a letter the sink did not
+/// take. Shared by the layer and the manager's shutdown path.
+pub(crate) fn sink_failed(
+    metrics: Option<&ListenerMetrics>,
+    listener: &str,
+    panicked: bool,
+    error: &dyn std::fmt::Display,
+) {
+    if let Some(metrics) = metrics {
+        if panicked {
             metrics.panicked();
         }
-        self.sink_failed(&"sink panicked");
+        metrics.dead_letter_failed();
+    }
+    tracing::error!(
+        target: "tower_listener::dead_letter",
+        listener = %listener,
+        error = %error,
+        "dead-letter sink failed; the letter is lost to the sink"
+    );
+}
+
+impl<R> DeadLetterShared<R> {
+    fn sink_panicked(&self) {
+        sink_failed(self.metrics.as_deref(), &self.name, true, &"sink panicked");
     }
 
     fn sink_failed(&self, what: &dyn std::fmt::Display) {
-        if let Some(metrics) = &self.metrics {
-            metrics.dead_letter_failed();
-        }
-        tracing::error!(
-            target: "tower_listener::dead_letter",
-            listener = %self.name,
-            error = %what,
-            "dead-letter sink failed; the letter is lost to the sink"
-        );
+        sink_failed(self.metrics.as_deref(), &self.name, false, what);
     }
 }
 

@@ -26,6 +26,7 @@ mod queue;
 mod service;
 mod sink;
 
+pub(crate) use future::sink_failed;
 pub use future::DeadLetterFuture;
 pub(crate) use layer::captures;
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};

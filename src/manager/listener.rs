@@ -5,7 +5,6 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tower::util::{MapResponseLayer, ServiceFn};
@@ -18,8 +17,8 @@ use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
-    captures, CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
-    DeadLetterReason, DeadLetterSink,
+    captures, sink_failed, CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer,
+    DeadLetterQueue, DeadLetterReason, DeadLetterSink,
 };
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metrics::{ListenerMetrics, MetricsLayer};
@@ -299,21 +298,11 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), "event cancelled by shutdown and not dead-lettered");
             return Error::Stopped;
         }
-        let now = SystemTime::now();
-        let letter = DeadLetter {
-            request: event,
-            error: Error::Stopped,
-            listener: Arc::from(self.metrics.name()),
-            attempts: 0,
-            first_failure_at: now,
-            dead_lettered_at: now,
-            reason,
-        };
+        let letter = DeadLetter::new(event, Error::Stopped, self.metrics.name(), 0, reason);
         let sending = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
             Ok(sending) => sending,
             Err(_) => {
-                self.metrics.panicked();
-                sink_failed(&self.metrics, &self.id, &"sink panicked");
+                sink_failed(Some(&self.metrics), &self.id, true, &"sink panicked");
                 return Error::Stopped;
             }
         };
@@ -336,11 +325,8 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                             "event dead-lettered"
                         );
                     }
-                    Ok(Err(e)) => sink_failed(&metrics, &id, &e),
-                    Err(join) => {
-                        metrics.panicked();
-                        sink_failed(&metrics, &id, &join);
-                    }
+                    Ok(Err(e)) => sink_failed(Some(&metrics), &id, false, &e),
+                    Err(join) => sink_failed(Some(&metrics), &id, true, &join),
                 }
             }
             .in_current_span(),
@@ -369,12 +355,6 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed to flush");
         }
     }
-}
-
-/// Counts and logs a dead letter the sink did not take.
-fn sink_failed(metrics: &ListenerMetrics, listener: &str, error: &dyn std::fmt::Display) {
-    metrics.dead_letter_failed();
-    tracing::error!(target: "tower_listener::dead_letter", listener = %listener, error = %error, "dead-letter sink failed");
 }
 
 /// An accepted event's claim on its listener's in-flight count.
