@@ -42,21 +42,30 @@ pin_project! {
     }
 }
 
-impl<F: Future, R> DeadLetterFuture<F, R> {
-    pub(crate) fn new(future: F, request: R, shared: Arc<DeadLetterShared<R>>) -> Self {
+impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
+    /// Starts one call of `request` through `call`, keeping a clone of the request for its dead letter
+    /// (none when dead letters are disabled). Used by [`DeadLetterService`](super::DeadLetterService) and by
+    /// the manager, which runs the per-event layers itself around its listener's stack.
+    pub(crate) fn start(
+        shared: Arc<DeadLetterShared<R>>,
+        request: R,
+        call: impl FnOnce(R) -> F,
+    ) -> Self {
+        if !shared.config.enabled {
+            return DeadLetterFuture {
+                state: State::Passthrough {
+                    future: call(request),
+                },
+                request: None,
+                shared,
+            };
+        }
+        let kept = request.clone();
         DeadLetterFuture {
             state: State::Running {
-                future: ATTEMPTS.scope(Cell::new(AttemptRecord::default()), future),
+                future: ATTEMPTS.scope(Cell::new(AttemptRecord::default()), call(request)),
             },
-            request: Some(request),
-            shared,
-        }
-    }
-
-    pub(crate) fn passthrough(future: F, shared: Arc<DeadLetterShared<R>>) -> Self {
-        DeadLetterFuture {
-            state: State::Passthrough { future },
-            request: None,
+            request: Some(kept),
             shared,
         }
     }

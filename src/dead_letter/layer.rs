@@ -221,6 +221,13 @@ impl<R> DeadLetterLayer<R> {
     }
 }
 
+impl<R> DeadLetterLayer<R> {
+    /// What its services share: the manager runs the dead-letter step itself with it.
+    pub(crate) fn shared(&self) -> Arc<DeadLetterShared<R>> {
+        self.shared.clone()
+    }
+}
+
 impl<S, R> Layer<S> for DeadLetterLayer<R> {
     type Service = DeadLetterService<S, R>;
 

@@ -28,7 +28,7 @@ mod sink;
 
 pub(crate) use future::sink_failed;
 pub use future::DeadLetterFuture;
-pub(crate) use layer::captures;
+pub(crate) use layer::{captures, DeadLetterShared};
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};
 pub use service::DeadLetterService;

@@ -58,10 +58,8 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        if !self.shared.config.enabled {
-            return DeadLetterFuture::passthrough(self.inner.call(request), self.shared.clone());
-        }
-        let kept = request.clone();
-        DeadLetterFuture::new(self.inner.call(request), kept, self.shared.clone())
+        DeadLetterFuture::start(self.shared.clone(), request, |request| {
+            self.inner.call(request)
+        })
     }
 }

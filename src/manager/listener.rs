@@ -17,11 +17,11 @@ use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
-    captures, sink_failed, CaptureFilter, DeadLetter, DeadLetterConfig, DeadLetterLayer,
-    DeadLetterQueue, DeadLetterReason, DeadLetterSink,
+    captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterFuture, DeadLetterLayer,
+    DeadLetterQueue, DeadLetterReason, DeadLetterShared, DeadLetterSink,
 };
 use crate::limit::ConcurrencyLimitLayer;
-use crate::metrics::{ListenerMetrics, MetricsLayer};
+use crate::metrics::{ListenerMetrics, MetricsFuture, MetricsLayer};
 use crate::retry::RetryLayer;
 use crate::timeout::TimeoutLayer;
 use crate::{Error, Event};
@@ -117,13 +117,11 @@ pub(crate) struct ManagedListener<T> {
     pub(crate) metrics: Arc<ListenerMetrics>,
     pub(crate) breaker: CircuitBreakerHandle,
     pub(crate) health: HealthThresholds,
-    /// The full stack: metrics → dead letter → retry → breaker → limit → timeout → metrics → handler.
+    /// The attempts of an event: retry → breaker → limit → timeout → metrics → panic catcher → handler.
+    /// [`run`](Self::run) wraps it in the per-event layers (metrics → dead letter); redrive uses it bare.
     stack: Box<dyn EventStack<T>>,
-    /// The same stack without the dead-letter and per-event layers, for redrive.
-    redrive_stack: Box<dyn EventStack<T>>,
-    dead_letters_enabled: bool,
-    sink: Arc<dyn DeadLetterSink<Event<T>>>,
-    capture: Option<CaptureFilter>,
+    /// The dead-letter layer's settings and sink (always a sink: the listener's own queue by default).
+    dead_letters: Arc<DeadLetterShared<Event<T>>>,
     /// The listener's own queue when no sink was configured.
     pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
     pub(crate) in_flight: InFlight,
@@ -163,12 +161,16 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 (Arc::new(queue.clone()), Some(queue))
             }
         };
-        let dead_letter_config = DeadLetterConfig {
-            enabled: config.dead_letter.enabled,
-            max_retries: config.dead_letter.max_retries,
-            sink: Some(sink.clone()),
-            capture: config.dead_letter.capture.clone(),
-        };
+        let dead_letters = DeadLetterLayer::with_metrics(
+            DeadLetterConfig {
+                enabled: config.dead_letter.enabled,
+                max_retries: config.dead_letter.max_retries,
+                sink: Some(sink),
+                capture: config.dead_letter.capture.clone(),
+            },
+            metrics.clone(),
+        )?
+        .shared();
         let retry = RetryLayer::with_metrics(config.effective_retry_policy(), metrics.clone())?;
         let breaker = CircuitBreakerLayer::with_metrics(config.circuit.clone(), metrics.clone())?;
         let handle = breaker.handle();
@@ -178,7 +180,6 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         let handler = ServiceBuilder::new()
             .layer(MapResponseLayer::new(|_: R| ()))
             .service(listener.service);
-        // retry → breaker → limit → timeout → per-attempt metrics → panic catcher → handler
         let attempts = ServiceBuilder::new()
             .layer(retry)
             .layer(breaker)
@@ -187,23 +188,13 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             .layer(MetricsLayer::per_attempt(metrics.clone()))
             .layer(CatchPanicLayer)
             .service(handler);
-        let full = ServiceBuilder::new()
-            .layer(MetricsLayer::per_event(metrics.clone()))
-            .layer(DeadLetterLayer::with_metrics(
-                dead_letter_config,
-                metrics.clone(),
-            )?)
-            .service(attempts.clone());
         Ok(ManagedListener {
             id: listener.id,
             metrics,
             breaker: handle,
             health: config.health,
-            stack: Box::new(Stack::new(full)),
-            redrive_stack: Box::new(Stack::new(attempts)),
-            dead_letters_enabled: config.dead_letter.enabled,
-            sink,
-            capture: config.dead_letter.capture,
+            stack: Box::new(Stack::new(attempts)),
+            dead_letters,
             queue,
             in_flight: InFlight::default(),
             run: AtomicU64::new(0),
@@ -255,8 +246,15 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         if self.is_cancelled(run) {
             return Err(self.shut_down(event).await);
         }
-        let mut future = Lease::new(&*self.stack, event.clone());
+        // The per-event layers (metrics, then dead letter) around the listener's stack: the same futures
+        // `MetricsLayer::per_event` and `DeadLetterLayer` make, so the boxed stack future stays small.
         let outcome = {
+            let future = MetricsFuture::per_event(self.metrics.clone(), || {
+                DeadLetterFuture::start(self.dead_letters.clone(), event.clone(), |event| {
+                    Lease::new(&*self.stack, event)
+                })
+            });
+            tokio::pin!(future);
             let cancelled = async {
                 loop {
                     let notified = self.cancelled.notified();
@@ -275,16 +273,14 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         match outcome {
             Some(result) => {
                 if let Err(error) = &result {
-                    if !self.dead_letters_enabled {
+                    if !self.dead_letters.config.enabled {
                         tracing::warn!(target: "tower_listener::manager", listener = %self.id, error = %error, "event failed; dead letters are disabled for this listener");
                     }
                 }
                 result
             }
-            None => {
-                drop(future);
-                Err(self.shut_down(event).await)
-            }
+            // The stack's future is dropped by now (it lived in the block above).
+            None => Err(self.shut_down(event).await),
         }
     }
 
@@ -293,13 +289,14 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         self.shutdowns.fetch_add(1, Ordering::Relaxed);
         self.metrics.event_cancelled();
         let reason = DeadLetterReason::Shutdown;
-        let capture = captures(self.capture.as_ref(), reason, Some(&self.metrics));
-        if !self.dead_letters_enabled || !capture {
+        let config = &self.dead_letters.config;
+        let capture = captures(config.capture.as_ref(), reason, Some(&self.metrics));
+        let (true, true, Some(sink)) = (config.enabled, capture, &config.sink) else {
             tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), "event cancelled by shutdown and not dead-lettered");
             return Error::Stopped;
-        }
+        };
         let letter = DeadLetter::new(event, Error::Stopped, self.metrics.name(), 0, reason);
-        let sending = match catch_unwind(AssertUnwindSafe(|| self.sink.send(letter))) {
+        let sending = match catch_unwind(AssertUnwindSafe(|| sink.send(letter))) {
             Ok(sending) => sending,
             Err(_) => {
                 sink_failed(Some(&self.metrics), &self.id, true, &"sink panicked");
@@ -338,13 +335,16 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// Re-processes the listener's queued dead letters without the dead-letter layer.
     pub(crate) async fn redrive(&self) -> Option<crate::dead_letter::RedriveReport> {
         let queue = self.queue.as_ref()?;
-        let service = tower::service_fn(|event: Event<T>| Lease::new(&*self.redrive_stack, event));
+        let service = tower::service_fn(|event: Event<T>| Lease::new(&*self.stack, event));
         Some(queue.redrive(service).await)
     }
 
     /// Flushes the dead-letter sink, logging a failure.
     pub(crate) async fn flush(&self) {
-        let flushed = match catch_unwind(AssertUnwindSafe(|| self.sink.flush())) {
+        let Some(sink) = &self.dead_letters.config.sink else {
+            return;
+        };
+        let flushed = match catch_unwind(AssertUnwindSafe(|| sink.flush())) {
             Ok(flushing) => match tokio::spawn(flushing).await {
                 Ok(result) => result,
                 Err(join) => Err(BoxError::from(format!("sink panicked: {join}"))),

@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -25,48 +26,65 @@ use crate::{Error, Event};
 const FREE_PER_SHARD: usize = 64;
 
 /// A boxed stack future, type-erased, that can be emptied and refilled in place.
-pub(crate) trait Slot: Send {
+pub(crate) trait Slot<T>: Send {
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
     /// Drops the future inside, keeping the allocation.
     fn clear(self: Pin<&mut Self>);
-    /// Moves the future out of `future` (an `Option<F>` of this slot's future type) into the slot.
-    fn fill(self: Pin<&mut Self>, future: &mut dyn Any) -> bool;
+    /// Calls `service` (a ready service of this slot's stack type) with `event` and keeps its future here,
+    /// in place; hands the event back if `service` is of another type.
+    fn call_into(self: Pin<&mut Self>, service: &mut dyn Any, event: Event<T>)
+        -> Result<(), Event<T>>;
     /// Whether the slot is of its stack's usual future type (fallback slots are not recycled).
     fn recyclable(&self) -> bool;
 }
 
 pin_project! {
     #[project = SlotProj]
-    enum FutureSlot<F> {
+    enum SlotState<F> {
         Empty,
         Running { #[pin] future: F },
     }
 }
 
-impl<F> Slot for FutureSlot<F>
+pin_project! {
+    /// The usual slot: the future of a call of the stack `S`.
+    struct FutureSlot<S, F> {
+        #[pin]
+        state: SlotState<F>,
+        _stack: PhantomData<fn() -> S>,
+    }
+}
+
+impl<S, T> Slot<T> for FutureSlot<S, S::Future>
 where
-    F: Future<Output = Result<(), Error>> + Send + 'static,
+    S: Service<Event<T>, Response = (), Error = Error> + 'static,
+    S::Future: Send + 'static,
+    T: 'static,
 {
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        match self.project() {
+        match self.project().state.project() {
             SlotProj::Running { future } => future.poll(cx),
             // Polled after it was emptied: cannot happen through `Lease`.
             SlotProj::Empty => Poll::Ready(Err(Error::Stopped)),
         }
     }
 
-    fn clear(mut self: Pin<&mut Self>) {
-        self.set(FutureSlot::Empty);
+    fn clear(self: Pin<&mut Self>) {
+        self.project().state.set(SlotState::Empty);
     }
 
-    fn fill(mut self: Pin<&mut Self>, future: &mut dyn Any) -> bool {
-        match future.downcast_mut::<Option<F>>().and_then(Option::take) {
-            Some(future) => {
-                self.set(FutureSlot::Running { future });
-                true
-            }
-            None => false,
-        }
+    fn call_into(
+        self: Pin<&mut Self>,
+        service: &mut dyn Any,
+        event: Event<T>,
+    ) -> Result<(), Event<T>> {
+        let Some(service) = service.downcast_mut::<S>() else {
+            return Err(event);
+        };
+        self.project().state.set(SlotState::Running {
+            future: service.call(event),
+        });
+        Ok(())
     }
 
     fn recyclable(&self) -> bool {
@@ -82,7 +100,7 @@ pin_project! {
     }
 }
 
-impl<F> Slot for Fallback<F>
+impl<F, T> Slot<T> for Fallback<F>
 where
     F: Future<Output = Result<(), Error>> + Send,
 {
@@ -92,8 +110,12 @@ where
 
     fn clear(self: Pin<&mut Self>) {}
 
-    fn fill(self: Pin<&mut Self>, _future: &mut dyn Any) -> bool {
-        false
+    fn call_into(
+        self: Pin<&mut Self>,
+        _service: &mut dyn Any,
+        event: Event<T>,
+    ) -> Result<(), Event<T>> {
+        Err(event)
     }
 
     fn recyclable(&self) -> bool {
@@ -101,32 +123,32 @@ where
     }
 }
 
-pub(crate) type BoxedSlot = Pin<Box<dyn Slot>>;
+pub(crate) type BoxedSlot<T> = Pin<Box<dyn Slot<T>>>;
 
 /// A listener's stack, type-erased.
 pub(crate) trait EventStack<T>: Send + Sync {
     /// Starts one event: its future, in a box of this stack's.
-    fn start(&self, event: Event<T>) -> BoxedSlot;
+    fn start(&self, event: Event<T>) -> BoxedSlot<T>;
     /// Takes back a box whose event has ended.
-    fn recycle(&self, slot: BoxedSlot);
+    fn recycle(&self, slot: BoxedSlot<T>);
 }
 
 #[repr(align(128))] // one shard per cache line pair, so threads do not false-share
-struct Shard<S> {
-    inner: Mutex<ShardInner<S>>,
+struct Shard<S, T> {
+    inner: Mutex<ShardInner<S, T>>,
 }
 
-struct ShardInner<S> {
+struct ShardInner<S, T> {
     service: S,
-    free: Vec<BoxedSlot>,
+    free: Vec<BoxedSlot<T>>,
 }
 
-pub(crate) struct Stack<S> {
+pub(crate) struct Stack<S, T> {
     prototype: S,
-    shards: Box<[Shard<S>]>,
+    shards: Box<[Shard<S, T>]>,
 }
 
-impl<S: Clone> Stack<S> {
+impl<S: Clone, T> Stack<S, T> {
     pub(crate) fn new(service: S) -> Self {
         Stack {
             shards: (0..shard_count())
@@ -141,45 +163,44 @@ impl<S: Clone> Stack<S> {
         }
     }
 
-    fn shard(&self) -> &Shard<S> {
+    fn shard(&self) -> &Shard<S, T> {
         &self.shards[thread_index() % self.shards.len()]
     }
 }
 
-impl<S, T> EventStack<T> for Stack<S>
+impl<S, T> EventStack<T> for Stack<S, T>
 where
     S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     T: Send + Sync + 'static,
 {
-    fn start(&self, event: Event<T>) -> BoxedSlot {
+    fn start(&self, event: Event<T>) -> BoxedSlot<T> {
         if let Ok(mut shard) = self.shard().inner.try_lock() {
             // A stack whose handler is ready at once (the usual case) is called right here; a handler
             // that is not gets the slow path below with a real waker.
             let mut cx = Context::from_waker(Waker::noop());
             if let Poll::Ready(ready) = shard.service.poll_ready(&mut cx) {
-                let mut future = Some(match ready {
-                    Ok(()) => shard.service.call(event),
-                    Err(error) => {
-                        drop(shard);
-                        return Box::pin(Fallback {
-                            future: std::future::ready(Err(error)),
-                        });
-                    }
-                });
+                if let Err(error) = ready {
+                    drop(shard);
+                    return Box::pin(Fallback {
+                        future: std::future::ready(Err(error)),
+                    });
+                }
+                let shard = &mut *shard;
+                let mut event = event;
+                // The call writes its future straight into a recycled box (no copy through the stack).
                 while let Some(mut slot) = shard.free.pop() {
-                    if slot.as_mut().fill(&mut future) {
-                        return slot;
+                    match slot.as_mut().call_into(&mut shard.service, event) {
+                        Ok(()) => return slot,
+                        Err(back) => event = back,
                     }
                 }
-                drop(shard);
-                return match future {
-                    Some(future) => Box::pin(FutureSlot::Running { future }),
-                    // `fill` takes the future only when it succeeds, and then the slot was returned.
-                    None => Box::pin(Fallback {
-                        future: std::future::ready(Err(Error::Stopped)),
-                    }),
-                };
+                return Box::pin(FutureSlot {
+                    state: SlotState::Running {
+                        future: shard.service.call(event),
+                    },
+                    _stack: PhantomData::<fn() -> S>,
+                });
             }
         }
         let service = self.prototype.clone();
@@ -188,7 +209,7 @@ where
         })
     }
 
-    fn recycle(&self, mut slot: BoxedSlot) {
+    fn recycle(&self, mut slot: BoxedSlot<T>) {
         if !slot.recyclable() {
             return;
         }
@@ -204,7 +225,7 @@ where
 /// One event's stack future, given back to its stack when it ends or is dropped.
 pub(crate) struct Lease<'a, T> {
     stack: &'a dyn EventStack<T>,
-    slot: Option<BoxedSlot>,
+    slot: Option<BoxedSlot<T>>,
 }
 
 impl<'a, T> Lease<'a, T> {

@@ -98,26 +98,15 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let (started, inner) = match self.scope {
-            Scope::Event => {
-                self.metrics.event_started();
-                let started = clock::now();
-                EVENT_STARTED.set(Some(started));
-                let inner = self.inner.call(request);
-                EVENT_STARTED.set(None);
-                (started, inner)
-            }
-            Scope::Attempt => {
-                let started = EVENT_STARTED.take().unwrap_or_else(clock::now);
-                (started, self.inner.call(request))
-            }
-        };
-        MetricsFuture {
-            inner,
-            metrics: self.metrics.clone(),
-            scope: self.scope,
-            started,
-            done: false,
+        match self.scope {
+            Scope::Event => MetricsFuture::per_event(self.metrics.clone(), || self.inner.call(request)),
+            Scope::Attempt => MetricsFuture {
+                started: EVENT_STARTED.take().unwrap_or_else(clock::now),
+                inner: self.inner.call(request),
+                metrics: self.metrics.clone(),
+                scope: Scope::Attempt,
+                done: false,
+            },
         }
     }
 }
@@ -139,6 +128,26 @@ pin_project! {
             if !*this.done && *this.scope == Scope::Event {
                 this.metrics.event_abandoned();
             }
+        }
+    }
+}
+
+impl<F> MetricsFuture<F> {
+    /// Starts one event: counts it, reads the clock, and makes the inner call with that reading lent to a
+    /// per-attempt layer inside. Used by [`MetricsService`] and by the manager, which runs the per-event
+    /// layers itself around its listener's stack.
+    pub(crate) fn per_event(metrics: Arc<ListenerMetrics>, call: impl FnOnce() -> F) -> Self {
+        metrics.event_started();
+        let started = clock::now();
+        EVENT_STARTED.set(Some(started));
+        let inner = call();
+        EVENT_STARTED.set(None);
+        MetricsFuture {
+            inner,
+            metrics,
+            scope: Scope::Event,
+            started,
+            done: false,
         }
     }
 }
