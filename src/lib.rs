@@ -84,6 +84,7 @@ pub mod limit;
 pub mod manager;
 pub mod metrics;
 pub mod retry;
+mod shared;
 mod sync;
 pub mod timeout;
 mod window;

@@ -100,11 +100,7 @@ impl SlidingWindow {
     /// Counts one call at `now`.
     pub(crate) fn record(&self, now: Instant, success: bool) {
         let period = self.period(now);
-        let shard = if self.shards == 1 {
-            0
-        } else {
-            crate::metrics::thread_index() % self.shards
-        };
+        let shard = crate::metrics::thread_shard(self.shards);
         let bucket = &self.buckets[shard * BUCKETS + (period % BUCKETS as u64) as usize];
         // Acquire pairs with the Release that publishes a bucket's period after its zeroing, so an
         // increment made after seeing the period lands on the zeroed counts.

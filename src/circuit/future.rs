@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
@@ -11,12 +10,13 @@ use tower::{BoxError, Service};
 
 use super::handle::{Breaker, Ticket};
 use super::state::CallOutcome;
+use crate::shared::Handle;
 use crate::{clock, Error};
 
 /// An admitted call's claim on the breaker: reports the outcome once, and gives a half-open probe slot back
 /// if the call is dropped before it finishes.
 struct Admitted {
-    breaker: Arc<Breaker>,
+    breaker: Handle<Breaker>,
     ticket: Ticket,
     started: Option<Instant>,
     settled: bool,
@@ -84,7 +84,7 @@ where
         }
     }
 
-    fn admitted(breaker: Arc<Breaker>, ticket: Ticket) -> Option<Admitted> {
+    fn admitted(breaker: Handle<Breaker>, ticket: Ticket) -> Option<Admitted> {
         let started = breaker.measures_latency().then(clock::now);
         Some(Admitted {
             breaker,
@@ -94,14 +94,19 @@ where
         })
     }
 
-    pub(crate) fn running(future: S::Future, breaker: Arc<Breaker>, ticket: Ticket) -> Self {
+    pub(crate) fn running(future: S::Future, breaker: Handle<Breaker>, ticket: Ticket) -> Self {
         CircuitFuture {
             state: State::Running { future },
             admitted: Self::admitted(breaker, ticket),
         }
     }
 
-    pub(crate) fn not_ready(service: S, request: R, breaker: Arc<Breaker>, ticket: Ticket) -> Self {
+    pub(crate) fn not_ready(
+        service: S,
+        request: R,
+        breaker: Handle<Breaker>,
+        ticket: Ticket,
+    ) -> Self {
         CircuitFuture {
             state: State::NotReady {
                 waiting: Box::new((service, Some(request))),

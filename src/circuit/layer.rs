@@ -8,6 +8,7 @@ use super::config::CircuitConfig;
 use super::handle::{Breaker, CircuitBreakerHandle};
 use super::service::CircuitBreaker;
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::Error;
 
 /// Wraps a service in a circuit breaker.
@@ -34,7 +35,7 @@ use crate::Error;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer {
-    breaker: Arc<Breaker>,
+    breaker: Shared<Breaker>,
 }
 
 impl CircuitBreakerLayer {
@@ -45,7 +46,11 @@ impl CircuitBreakerLayer {
     pub fn new(config: CircuitConfig) -> Result<Self, Error> {
         config.validate()?;
         Ok(CircuitBreakerLayer {
-            breaker: Arc::new(Breaker::new(config, Arc::from("circuit-breaker"), None)),
+            breaker: Shared::new(Arc::new(Breaker::new(
+                config,
+                Arc::from("circuit-breaker"),
+                None,
+            ))),
         })
     }
 
@@ -61,14 +66,14 @@ impl CircuitBreakerLayer {
         config.validate()?;
         let name = Arc::from(metrics.name());
         Ok(CircuitBreakerLayer {
-            breaker: Arc::new(Breaker::new(config, name, Some(metrics))),
+            breaker: Shared::new(Arc::new(Breaker::new(config, name, Some(metrics)))),
         })
     }
 
     /// The handle to this layer's breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.breaker.arc().clone(),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! [`CircuitBreaker`]: the service.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
 use super::future::CircuitFuture;
 use super::handle::{Breaker, CircuitBreakerHandle};
+use crate::shared::Shared;
 use crate::Error;
 
 /// A service guarded by a circuit breaker. Made by [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
@@ -18,12 +18,12 @@ use crate::Error;
 /// service's readiness on a clone of it, which is why the inner service must be `Clone`.
 pub struct CircuitBreaker<S> {
     inner: S,
-    breaker: Arc<Breaker>,
+    breaker: Shared<Breaker>,
     inner_ready: bool,
 }
 
 impl<S> CircuitBreaker<S> {
-    pub(crate) fn new(inner: S, breaker: Arc<Breaker>) -> Self {
+    pub(crate) fn new(inner: S, breaker: Shared<Breaker>) -> Self {
         CircuitBreaker {
             inner,
             breaker,
@@ -34,7 +34,7 @@ impl<S> CircuitBreaker<S> {
     /// The handle to this service's breaker.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
-            breaker: self.breaker.clone(),
+            breaker: self.breaker.arc().clone(),
         }
     }
 }
@@ -89,13 +89,13 @@ where
         };
         if std::mem::take(&mut self.inner_ready) {
             let future = self.inner.call(request);
-            CircuitFuture::running(future, self.breaker.clone(), ticket)
+            CircuitFuture::running(future, self.breaker.handle(), ticket)
         } else {
             // Admitted without a ready inner service: take this (unready) one into the future and wait
             // for its readiness there; keep a fresh clone here.
             let clone = self.inner.clone();
             let service = std::mem::replace(&mut self.inner, clone);
-            CircuitFuture::not_ready(service, request, self.breaker.clone(), ticket)
+            CircuitFuture::not_ready(service, request, self.breaker.handle(), ticket)
         }
     }
 }

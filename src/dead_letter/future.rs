@@ -4,7 +4,6 @@ use std::cell::Cell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
@@ -16,6 +15,7 @@ use super::layer::{captures, DeadLetterShared};
 use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
 use crate::attempts::{AttemptRecord, RetryStop, ATTEMPTS};
 use crate::metrics::ListenerMetrics;
+use crate::shared::Handle;
 use crate::Error;
 
 pin_project! {
@@ -38,7 +38,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         request: Option<R>,
-        shared: Arc<DeadLetterShared<R>>,
+        shared: Handle<DeadLetterShared<R>>,
     }
 }
 
@@ -47,7 +47,7 @@ impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
     /// (none when dead letters are disabled). Used by [`DeadLetterService`](super::DeadLetterService) and by
     /// the manager, which runs the per-event layers itself around its listener's stack.
     pub(crate) fn start(
-        shared: Arc<DeadLetterShared<R>>,
+        shared: Handle<DeadLetterShared<R>>,
         request: R,
         call: impl FnOnce(R) -> F,
     ) -> Self {

@@ -9,6 +9,7 @@ use tower::Layer;
 use super::service::DeadLetterService;
 use super::sink::{DeadLetterReason, DeadLetterSink};
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::{Error, Event};
 
 /// Which dead letters to hand to the sink (see [`DeadLetterConfig::capture`]).
@@ -149,7 +150,7 @@ pub(crate) struct DeadLetterShared<R> {
 /// Place it outside the retry layer: it sees an event's final outcome, and learns from the retry layer
 /// how many attempts were made and why retrying stopped. See the [module docs](super).
 pub struct DeadLetterLayer<R = Event> {
-    shared: Arc<DeadLetterShared<R>>,
+    shared: Shared<DeadLetterShared<R>>,
     _request: PhantomData<fn(R)>,
 }
 
@@ -183,11 +184,11 @@ impl<R> DeadLetterLayer<R> {
     /// A layer sending every failure to `sink`.
     pub fn with_sink(sink: impl DeadLetterSink<R>) -> Self {
         DeadLetterLayer {
-            shared: Arc::new(DeadLetterShared {
+            shared: Shared::new(Arc::new(DeadLetterShared {
                 config: DeadLetterConfig::to_sink(sink),
                 name: Arc::from("dead-letter"),
                 metrics: None,
-            }),
+            })),
             _request: PhantomData,
         }
     }
@@ -211,11 +212,11 @@ impl<R> DeadLetterLayer<R> {
     ) -> Result<Self, Error> {
         config.validate()?;
         Ok(DeadLetterLayer {
-            shared: Arc::new(DeadLetterShared {
+            shared: Shared::new(Arc::new(DeadLetterShared {
                 config,
                 name,
                 metrics,
-            }),
+            })),
             _request: PhantomData,
         })
     }
@@ -223,7 +224,7 @@ impl<R> DeadLetterLayer<R> {
 
 impl<R> DeadLetterLayer<R> {
     /// What its services share: the manager runs the dead-letter step itself with it.
-    pub(crate) fn shared(&self) -> Arc<DeadLetterShared<R>> {
+    pub(crate) fn shared(&self) -> Shared<DeadLetterShared<R>> {
         self.shared.clone()
     }
 }

@@ -1,24 +1,24 @@
 //! [`DeadLetterService`]: the service.
 
 use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
 use super::future::DeadLetterFuture;
 use super::layer::DeadLetterShared;
+use crate::shared::Shared;
 use crate::Error;
 
 /// A service whose failed calls end in a dead-letter sink. Made by
 /// [`DeadLetterLayer`](super::DeadLetterLayer).
 pub struct DeadLetterService<S, R> {
     inner: S,
-    shared: Arc<DeadLetterShared<R>>,
+    shared: Shared<DeadLetterShared<R>>,
 }
 
 impl<S, R> DeadLetterService<S, R> {
-    pub(crate) fn new(inner: S, shared: Arc<DeadLetterShared<R>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Shared<DeadLetterShared<R>>) -> Self {
         DeadLetterService { inner, shared }
     }
 }
@@ -58,7 +58,7 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        DeadLetterFuture::start(self.shared.clone(), request, |request| {
+        DeadLetterFuture::start(self.shared.handle(), request, |request| {
             self.inner.call(request)
         })
     }

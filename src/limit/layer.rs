@@ -6,6 +6,7 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::permits::Permits;
+use crate::shared::Shared;
 use super::service::ConcurrencyLimit;
 use crate::error::check_duration;
 use crate::metrics::ListenerMetrics;
@@ -97,7 +98,7 @@ impl From<usize> for ConcurrencyConfig {
 /// ```
 #[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
-    permits: Arc<Permits>,
+    permits: Shared<Permits>,
     config: ConcurrencyConfig,
     metrics: Option<Arc<ListenerMetrics>>,
 }
@@ -111,7 +112,7 @@ impl ConcurrencyLimitLayer {
         let config = config.into();
         config.validate()?;
         Ok(ConcurrencyLimitLayer {
-            permits: Permits::new(config.limit),
+            permits: Shared::new(Permits::new(config.limit)),
             config,
             metrics: None,
         })

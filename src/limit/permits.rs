@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::shared::{Handle, Shared};
 use crate::sync::AtomicUsize;
 
 pub(crate) struct Permits {
@@ -27,7 +28,7 @@ pub(crate) struct Permits {
 
 /// One taken permit; returned on drop.
 pub(crate) struct Permit {
-    permits: Arc<Permits>,
+    permits: Handle<Permits>,
 }
 
 impl Permits {
@@ -44,9 +45,11 @@ impl Permits {
         self.limit
             .saturating_sub(self.in_use.load(Ordering::SeqCst))
     }
+}
 
+impl Shared<Permits> {
     /// Takes a permit if one is free.
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    pub(crate) fn try_acquire(&self) -> Option<Permit> {
         let mut in_use = self.in_use.load(Ordering::SeqCst);
         loop {
             if in_use >= self.limit {
@@ -60,7 +63,7 @@ impl Permits {
             ) {
                 Ok(_) => {
                     return Some(Permit {
-                        permits: Arc::clone(self),
+                        permits: self.handle(),
                     })
                 }
                 Err(actual) => in_use = actual,
@@ -70,7 +73,7 @@ impl Permits {
 
     /// Waits for a permit. Cancel-safe: dropping the future leaves no trace (a notification it received is
     /// passed on).
-    pub(crate) async fn acquire(self: Arc<Self>) -> Permit {
+    pub(crate) async fn acquire(self) -> Permit {
         if let Some(permit) = self.try_acquire() {
             return permit;
         }

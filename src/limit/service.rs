@@ -8,6 +8,7 @@ use tower::{BoxError, Service};
 use super::future::LimitFuture;
 use super::layer::LimitMode;
 use super::permits::Permits;
+use crate::shared::Shared;
 use crate::metrics::ListenerMetrics;
 use crate::Error;
 
@@ -19,7 +20,7 @@ use crate::Error;
 #[derive(Clone)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    permits: Arc<Permits>,
+    permits: Shared<Permits>,
     mode: LimitMode,
     metrics: Option<Arc<ListenerMetrics>>,
 }
@@ -27,7 +28,7 @@ pub struct ConcurrencyLimit<S> {
 impl<S> ConcurrencyLimit<S> {
     pub(crate) fn new(
         inner: S,
-        permits: Arc<Permits>,
+        permits: Shared<Permits>,
         mode: LimitMode,
         metrics: Option<Arc<ListenerMetrics>>,
     ) -> Self {

@@ -23,6 +23,7 @@ use crate::dead_letter::{
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metrics::{ListenerMetrics, MetricsFuture, MetricsLayer};
 use crate::retry::RetryLayer;
+use crate::shared::Shared;
 use crate::timeout::TimeoutLayer;
 use crate::{Error, Event};
 
@@ -114,14 +115,14 @@ impl InFlight {
 /// The state of a registered listener.
 pub(crate) struct ManagedListener<T> {
     pub(crate) id: String,
-    pub(crate) metrics: Arc<ListenerMetrics>,
+    pub(crate) metrics: Shared<ListenerMetrics>,
     pub(crate) breaker: CircuitBreakerHandle,
     pub(crate) health: HealthThresholds,
     /// The attempts of an event: retry → breaker → limit → timeout → metrics → panic catcher → handler.
     /// [`run`](Self::run) wraps it in the per-event layers (metrics → dead letter); redrive uses it bare.
     stack: Box<dyn EventStack<T>>,
     /// The dead-letter layer's settings and sink (always a sink: the listener's own queue by default).
-    dead_letters: Arc<DeadLetterShared<Event<T>>>,
+    dead_letters: Shared<DeadLetterShared<Event<T>>>,
     /// The listener's own queue when no sink was configured.
     pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
     pub(crate) in_flight: InFlight,
@@ -190,7 +191,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             .service(handler);
         Ok(ManagedListener {
             id: listener.id,
-            metrics,
+            metrics: Shared::new(metrics),
             breaker: handle,
             health: config.health,
             stack: Box::new(Stack::new(attempts)),
@@ -249,8 +250,8 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // The per-event layers (metrics, then dead letter) around the listener's stack: the same futures
         // `MetricsLayer::per_event` and `DeadLetterLayer` make, so the boxed stack future stays small.
         let outcome = {
-            let future = MetricsFuture::per_event(self.metrics.clone(), || {
-                DeadLetterFuture::start(self.dead_letters.clone(), event.clone(), |event| {
+            let future = MetricsFuture::per_event(self.metrics.handle(), || {
+                DeadLetterFuture::start(self.dead_letters.handle(), event.clone(), |event| {
                     Lease::new(&*self.stack, event)
                 })
             });
@@ -306,7 +307,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // The letter is counted by a task of its own, so the count is right even when the caller that is
         // shutting this event down is itself cancelled meanwhile; the sink's future runs in a nested task
         // so that a panic in it is caught too.
-        let metrics = self.metrics.clone();
+        let metrics = self.metrics.arc().clone();
         let id = self.id.clone();
         let counted = tokio::spawn(
             async move {

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 
-use crate::metrics::{shard_count, thread_index};
+use crate::metrics::{shard_count, thread_shard};
 use crate::{Error, Event};
 
 /// Boxes kept per shard for reuse; more are freed.
@@ -164,7 +164,7 @@ impl<S: Clone, T> Stack<S, T> {
     }
 
     fn shard(&self) -> &Shard<S, T> {
-        &self.shards[thread_index() % self.shards.len()]
+        &self.shards[thread_shard(self.shards.len())]
     }
 }
 

@@ -4,6 +4,7 @@
 //! shard its thread index picks (falling back to the next free one if that is busy), so two threads almost
 //! never meet on one lock. A shard is allocated on its first use. Reading merges the shards.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -62,12 +63,29 @@ fn new_histogram() -> Histogram<u64> {
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
-    static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    // Const-initialised (no lazy-init check on access); `usize::MAX` until the thread's first use.
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 /// A small number that differs between threads (assigned in order of first use): picks a thread's shard.
+#[inline]
 pub(crate) fn thread_index() -> usize {
-    THREAD_INDEX.with(|i| *i)
+    THREAD_INDEX.with(|index| match index.get() {
+        usize::MAX => {
+            let assigned = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            index.set(assigned);
+            assigned
+        }
+        assigned => assigned,
+    })
+}
+
+/// This thread's shard among `shards`, a power of two (as [`shard_count`] gives): a mask, not a division,
+/// since it runs several times per event.
+#[inline]
+pub(crate) fn thread_shard(shards: usize) -> usize {
+    debug_assert!(shards.is_power_of_two());
+    thread_index() & (shards - 1)
 }
 
 /// How many shards a per-thread structure gets: twice the parallelism, a power of two, 2 to 32.
@@ -84,7 +102,7 @@ impl LatencyHistogram {
     }
 
     fn shard(&self, index: usize) -> &Mutex<Histogram<u64>> {
-        self.shards[index % self.shards.len()]
+        self.shards[index & (self.shards.len() - 1)]
             .0
             .get_or_init(|| Mutex::new(new_histogram()))
     }

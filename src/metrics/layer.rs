@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
 use super::ListenerMetrics;
+use crate::shared::{Handle, Shared};
 use crate::{clock, Error};
 
 // Clock readings shared where a per-event and a per-attempt metrics layer meet, so an event whose attempt
@@ -39,7 +40,7 @@ enum Scope {
 /// Dropping the response future before it completes records nothing but the end of `in_flight`.
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    metrics: Arc<ListenerMetrics>,
+    metrics: Shared<ListenerMetrics>,
     scope: Scope,
 }
 
@@ -48,7 +49,7 @@ impl MetricsLayer {
     /// event latency.
     pub fn per_event(metrics: Arc<ListenerMetrics>) -> Self {
         MetricsLayer {
-            metrics,
+            metrics: Shared::new(metrics),
             scope: Scope::Event,
         }
     }
@@ -56,7 +57,7 @@ impl MetricsLayer {
     /// Counts single attempts: `attempts`, `attempt_failures`, the health window and the attempt latency.
     pub fn per_attempt(metrics: Arc<ListenerMetrics>) -> Self {
         MetricsLayer {
-            metrics,
+            metrics: Shared::new(metrics),
             scope: Scope::Attempt,
         }
     }
@@ -78,7 +79,7 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct MetricsService<S> {
     inner: S,
-    metrics: Arc<ListenerMetrics>,
+    metrics: Shared<ListenerMetrics>,
     scope: Scope,
 }
 
@@ -99,11 +100,11 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         match self.scope {
-            Scope::Event => MetricsFuture::per_event(self.metrics.clone(), || self.inner.call(request)),
+            Scope::Event => MetricsFuture::per_event(self.metrics.handle(), || self.inner.call(request)),
             Scope::Attempt => MetricsFuture {
                 started: EVENT_STARTED.take().unwrap_or_else(clock::now),
                 inner: self.inner.call(request),
-                metrics: self.metrics.clone(),
+                metrics: self.metrics.handle(),
                 scope: Scope::Attempt,
                 done: false,
             },
@@ -116,7 +117,7 @@ pin_project! {
     pub struct MetricsFuture<F> {
         #[pin]
         inner: F,
-        metrics: Arc<ListenerMetrics>,
+        metrics: Handle<ListenerMetrics>,
         scope: Scope,
         started: Instant,
         done: bool,
@@ -136,7 +137,7 @@ impl<F> MetricsFuture<F> {
     /// Starts one event: counts it, reads the clock, and makes the inner call with that reading lent to a
     /// per-attempt layer inside. Used by [`MetricsService`] and by the manager, which runs the per-event
     /// layers itself around its listener's stack.
-    pub(crate) fn per_event(metrics: Arc<ListenerMetrics>, call: impl FnOnce() -> F) -> Self {
+    pub(crate) fn per_event(metrics: Handle<ListenerMetrics>, call: impl FnOnce() -> F) -> Self {
         metrics.event_started();
         let started = clock::now();
         EVENT_STARTED.set(Some(started));

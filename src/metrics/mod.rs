@@ -23,7 +23,7 @@ use crate::circuit::CircuitState;
 use crate::clock;
 use crate::window::SlidingWindow;
 use histogram::LatencyHistogram;
-pub(crate) use histogram::{shard_count, thread_index};
+pub(crate) use histogram::{shard_count, thread_shard};
 
 /// The default length of the health window: 60 s.
 pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
@@ -251,7 +251,7 @@ impl ListenerMetrics {
 
     /// This thread's counters.
     fn mine(&self) -> &Counts {
-        &self.counts[thread_index() % self.counts.len()]
+        &self.counts[thread_shard(self.counts.len())]
     }
 
     /// A counter summed over the shards (wrapping, for `in_flight`).

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tower::{BoxError, Service};
 use super::backoff::retry_delay;
 use super::service::RetryCore;
 use crate::attempts::{record_failure, RetryStop};
+use crate::shared::Handle;
 use crate::Error;
 
 pin_project! {
@@ -48,7 +48,7 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         retrying: Option<Pin<Box<Retrying<S>>>>,
-        core: Arc<RetryCore<S>>,
+        core: Handle<RetryCore<S>>,
         request: R,
         attempt: u32,
         previous_delay: Duration,
@@ -56,7 +56,7 @@ pin_project! {
 }
 
 impl<S: Service<R>, R> RetryFuture<S, R> {
-    pub(crate) fn new(future: S::Future, core: Arc<RetryCore<S>>, request: R) -> Self {
+    pub(crate) fn new(future: S::Future, core: Handle<RetryCore<S>>, request: R) -> Self {
         RetryFuture {
             state: State::Calling { future },
             retrying: None,

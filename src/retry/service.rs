@@ -7,6 +7,7 @@ use tower::{BoxError, Service};
 
 use super::future::RetryFuture;
 use super::layer::RetryShared;
+use crate::shared::Shared;
 use crate::Error;
 
 /// A service whose failed calls are retried. Made by [`RetryLayer`](super::RetryLayer).
@@ -16,7 +17,7 @@ use crate::Error;
 /// whole inner stack, and the mutex is taken only when a retry happens.
 pub struct Retry<S> {
     inner: S,
-    core: Arc<RetryCore<S>>,
+    core: Shared<RetryCore<S>>,
 }
 
 /// What a retry future needs beyond the request, behind one `Arc` (one reference count per call).
@@ -29,10 +30,10 @@ pub(crate) struct RetryCore<S> {
 impl<S: Clone> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<RetryShared>) -> Self {
         Retry {
-            core: Arc::new(RetryCore {
+            core: Shared::new(Arc::new(RetryCore {
                 prototype: Mutex::new(inner.clone()),
                 shared,
-            }),
+            })),
             inner,
         }
     }
@@ -77,6 +78,6 @@ where
             budget.deposit();
         }
         let future = self.inner.call(request.clone());
-        RetryFuture::new(future, self.core.clone(), request)
+        RetryFuture::new(future, self.core.handle(), request)
     }
 }

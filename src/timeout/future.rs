@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use tokio::time::Sleep;
 use tower::BoxError;
 
 use crate::metrics::ListenerMetrics;
+use crate::shared::Handle;
 use crate::Error;
 
 pin_project! {
@@ -29,12 +29,12 @@ pin_project! {
         #[pin]
         timer: Timer,
         limit: Duration,
-        metrics: Option<Arc<ListenerMetrics>>,
+        metrics: Option<Handle<ListenerMetrics>>,
     }
 }
 
 impl<F> TimeoutFuture<F> {
-    pub(crate) fn new(inner: F, limit: Duration, metrics: Option<Arc<ListenerMetrics>>) -> Self {
+    pub(crate) fn new(inner: F, limit: Duration, metrics: Option<Handle<ListenerMetrics>>) -> Self {
         TimeoutFuture {
             inner: Some(inner),
             timer: Timer::Unarmed,

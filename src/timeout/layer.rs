@@ -8,6 +8,7 @@ use tower::Layer;
 use super::service::Timeout;
 use crate::error::check_duration;
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::Error;
 
 /// Cancels an attempt that runs longer than a limit, with [`Error::Timeout`].
@@ -31,7 +32,7 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     limit: Duration,
-    metrics: Option<Arc<ListenerMetrics>>,
+    metrics: Option<Shared<ListenerMetrics>>,
 }
 
 impl TimeoutLayer {
@@ -50,7 +51,7 @@ impl TimeoutLayer {
 
     /// Reports each timeout to `metrics` (as a timeout and a failed attempt).
     pub fn with_metrics(mut self, metrics: Arc<ListenerMetrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = Some(Shared::new(metrics));
         self
     }
 

@@ -1,6 +1,5 @@
 //! [`Timeout`]: the service.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -8,6 +7,7 @@ use tower::{BoxError, Service};
 
 use super::future::TimeoutFuture;
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::Error;
 
 /// A service whose attempts are cut off after a limit. Made by [`TimeoutLayer`](super::TimeoutLayer).
@@ -15,11 +15,11 @@ use crate::Error;
 pub struct Timeout<S> {
     inner: S,
     limit: Duration,
-    metrics: Option<Arc<ListenerMetrics>>,
+    metrics: Option<Shared<ListenerMetrics>>,
 }
 
 impl<S> Timeout<S> {
-    pub(crate) fn new(inner: S, limit: Duration, metrics: Option<Arc<ListenerMetrics>>) -> Self {
+    pub(crate) fn new(inner: S, limit: Duration, metrics: Option<Shared<ListenerMetrics>>) -> Self {
         Timeout {
             inner,
             limit,
@@ -44,6 +44,10 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        TimeoutFuture::new(self.inner.call(request), self.limit, self.metrics.clone())
+        TimeoutFuture::new(
+            self.inner.call(request),
+            self.limit,
+            self.metrics.as_ref().map(Shared::handle),
+        )
     }
 }
