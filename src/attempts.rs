@@ -1,10 +1,12 @@
 //! How the retry layer tells the dead-letter layer around it what happened to an event: the number of
 //! attempts, when the first one failed, and why retrying stopped.
 //!
-//! The dead-letter future runs its inner future inside a tokio task-local scope holding an
-//! [`AttemptRecord`]; the retry future, polled inside that scope, updates it after each attempt. The two
-//! layers stay independent (either works alone; with no retry layer the record says one attempt) and no
-//! request type has to carry anything.
+//! The retry future hands its [`AttemptRecord`] over as it returns its final error, through a
+//! thread-local slot that the dead-letter future clears before it polls its inner future and takes right
+//! after that poll returns the error: the error and its record travel up one synchronous poll together.
+//! The two layers stay independent (either works alone; with no retry layer the record says one attempt),
+//! no request or error type has to carry anything, and an event that succeeds pays one thread-local write
+//! per poll (a tokio task-local scope around the whole call cost several times that).
 
 use std::cell::Cell;
 use std::time::SystemTime;
@@ -27,18 +29,22 @@ pub(crate) struct AttemptRecord {
     pub(crate) stop: Option<RetryStop>,
 }
 
-tokio::task_local! {
-    pub(crate) static ATTEMPTS: Cell<AttemptRecord>;
+std::thread_local! {
+    static FINISHED: Cell<Option<AttemptRecord>> = const { Cell::new(None) };
 }
 
-/// Records a failed attempt (number `attempt`, 1-based) and, if retrying stops here, why. Does nothing
-/// outside a dead-letter scope.
-pub(crate) fn record_failure(attempt: u32, stop: Option<RetryStop>) {
-    let _ = ATTEMPTS.try_with(|cell| {
-        let mut record = cell.get();
-        record.attempts = attempt;
-        record.first_failure.get_or_insert_with(SystemTime::now);
-        record.stop = stop;
-        cell.set(record);
-    });
+/// The retry layer gives up on an event: `attempts` made, the first of which failed at `first_failure`.
+/// Call it just before returning the final error.
+pub(crate) fn finished(attempts: u32, first_failure: SystemTime, stop: RetryStop) {
+    FINISHED.set(Some(AttemptRecord {
+        attempts,
+        first_failure: Some(first_failure),
+        stop: Some(stop),
+    }));
+}
+
+/// Takes the record handed over since the last call (none when no retry layer gave up meanwhile). The
+/// dead-letter future calls it before polling its inner future (dropping anything stale) and after.
+pub(crate) fn take() -> Option<AttemptRecord> {
+    FINISHED.take()
 }

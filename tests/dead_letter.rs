@@ -265,3 +265,21 @@ fn an_enabled_config_without_a_sink_names_the_field() {
     ));
     assert!(DeadLetterLayer::<Event>::new(DeadLetterConfig::disabled()).is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_layer_without_dead_letters_leaves_nothing_for_a_later_dead_letter_layer() {
+    // A retry layer on its own gives up on an event (its attempt record goes nowhere); a dead-letter layer
+    // without a retry layer inside must then see one attempt, not that stale record.
+    let (inner, _probe) = handler();
+    let retried_alone = ServiceBuilder::new().layer(retry(2)).service(inner.clone());
+    assert!(retried_alone.oneshot(Call::Fail).await.is_err());
+    let queue = DeadLetterQueue::new(10);
+    let unretried = ServiceBuilder::new()
+        .layer(DeadLetterLayer::with_sink(queue.clone()))
+        .service(inner);
+    assert!(unretried.oneshot(Call::Fail).await.is_err());
+    let letters = queue.drain();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Failed);
+}

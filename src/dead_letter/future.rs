@@ -1,6 +1,5 @@
 //! [`DeadLetterFuture`].
 
-use std::cell::Cell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -8,12 +7,11 @@ use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tower::BoxError;
 
 use super::layer::{captures, DeadLetterShared};
 use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
-use crate::attempts::{AttemptRecord, RetryStop, ATTEMPTS};
+use crate::attempts::{self, AttemptRecord, RetryStop};
 use crate::metrics::ListenerMetrics;
 use crate::shared::Handle;
 use crate::Error;
@@ -21,7 +19,7 @@ use crate::Error;
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Running { #[pin] future: TaskLocalFuture<Cell<AttemptRecord>, F> },
+        Running { #[pin] future: F },
         Passthrough { #[pin] future: F },
         Sending { sending: SinkFuture, error: Option<Error>, reason: DeadLetterReason, attempts: u32 },
     }
@@ -63,7 +61,7 @@ impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
         let kept = request.clone();
         DeadLetterFuture {
             state: State::Running {
-                future: ATTEMPTS.scope(Cell::new(AttemptRecord::default()), call(request)),
+                future: call(request),
             },
             request: Some(kept),
             shared,
@@ -134,15 +132,13 @@ where
                         .poll(cx)
                         .map(|r| r.map_err(|e| Error::from_boxed(e.into())));
                 }
-                StateProj::Running { mut future } => {
-                    let error = match ready!(future.as_mut().poll(cx)) {
+                StateProj::Running { future } => {
+                    attempts::take(); // stale: not from this poll
+                    let error = match ready!(future.poll(cx)) {
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => Error::from_boxed(e.into()),
                     };
-                    let record = future
-                        .take_value()
-                        .map(Cell::into_inner)
-                        .unwrap_or_default();
+                    let record = attempts::take().unwrap_or_default();
                     let reason = reason_for(&error, &record);
                     let shared = &**this.shared;
                     let capture = captures(

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -12,7 +12,7 @@ use tower::{BoxError, Service};
 
 use super::backoff::retry_delay;
 use super::service::RetryCore;
-use crate::attempts::{record_failure, RetryStop};
+use crate::attempts::{self, RetryStop};
 use crate::shared::Handle;
 use crate::Error;
 
@@ -33,6 +33,8 @@ pin_project! {
         // The service retries run on: a clone of the prototype.
         service: Option<S>,
         rng: fastrand::Rng,
+        // When the first attempt failed, for the dead letter.
+        first_failure: SystemTime,
     }
 }
 
@@ -107,8 +109,12 @@ where
                     } else {
                         None
                     };
-                    record_failure(*this.attempt, stop);
-                    if stop.is_some() {
+                    if let Some(stop) = stop {
+                        let first_failure = match this.retrying.as_ref() {
+                            Some(retrying) => retrying.first_failure,
+                            None => SystemTime::now(),
+                        };
+                        attempts::finished(*this.attempt, first_failure, stop);
                         return Poll::Ready(Err(error));
                     }
                     let retrying = this.retrying.get_or_insert_with(|| {
@@ -125,6 +131,7 @@ where
                             sleep: tokio::time::sleep(Duration::ZERO),
                             service: None,
                             rng,
+                            first_failure: SystemTime::now(),
                         })
                     });
                     let retry = retrying.as_mut().project();
@@ -176,7 +183,11 @@ where
                     });
                     if let Err(e) = ready!(service.poll_ready(cx)) {
                         let error = Error::from_boxed(e.into());
-                        record_failure(*this.attempt, Some(RetryStop::NotRetryable));
+                        attempts::finished(
+                            *this.attempt,
+                            retrying.first_failure,
+                            RetryStop::NotRetryable,
+                        );
                         return Poll::Ready(Err(error));
                     }
                     let future = service.call(this.request.clone());
