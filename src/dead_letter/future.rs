@@ -1,6 +1,7 @@
 //! [`DeadLetterFuture`].
 
 use std::future::Future;
+use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -34,23 +35,56 @@ pin_project! {
     /// sink store synchronously, before this future first returns `Pending`).
     pub struct DeadLetterFuture<F, R> {
         #[pin]
-        state: State<F>,
-        request: Option<R>,
-        shared: Handle<DeadLetterShared<R>>,
+        lettering: Lettering<F, R, Handle<DeadLetterShared<R>>>,
     }
 }
 
 impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
-    /// Starts one call of `request` through `call`, keeping a clone of the request for its dead letter
-    /// (none when dead letters are disabled). Used by [`DeadLetterService`](super::DeadLetterService) and by
-    /// the manager, which runs the per-event layers itself around its listener's stack.
     pub(crate) fn start(
         shared: Handle<DeadLetterShared<R>>,
         request: R,
         call: impl FnOnce(R) -> F,
     ) -> Self {
+        DeadLetterFuture {
+            lettering: Lettering::start(shared, request, call),
+        }
+    }
+}
+
+impl<F, R, T, E> Future for DeadLetterFuture<F, R>
+where
+    R: 'static,
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().lettering.poll(cx)
+    }
+}
+
+pin_project! {
+    /// What [`DeadLetterFuture`] does, over any way `H` of holding the layer's settings: the layer's
+    /// future holds a handle, the manager (which runs the per-event step itself) a borrow.
+    pub(crate) struct Lettering<F, R, H>
+    where
+        H: Deref<Target = DeadLetterShared<R>>,
+    {
+        #[pin]
+        state: State<F>,
+        request: Option<R>,
+        shared: H,
+    }
+}
+
+impl<F: Future, R: Clone, H: Deref<Target = DeadLetterShared<R>>> Lettering<F, R, H> {
+    /// Starts one call of `request` through `call`, keeping a clone of the request for its dead letter
+    /// (none when dead letters are disabled).
+    pub(crate) fn start(shared: H, request: R, call: impl FnOnce(R) -> F) -> Self {
         if !shared.config.enabled {
-            return DeadLetterFuture {
+            return Lettering {
                 state: State::Passthrough {
                     future: call(request),
                 },
@@ -59,7 +93,7 @@ impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
             };
         }
         let kept = request.clone();
-        DeadLetterFuture {
+        Lettering {
             state: State::Running {
                 future: call(request),
             },
@@ -115,11 +149,12 @@ impl<R> DeadLetterShared<R> {
     }
 }
 
-impl<F, R, T, E> Future for DeadLetterFuture<F, R>
+impl<F, R, H, T, E> Future for Lettering<F, R, H>
 where
     R: 'static,
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    H: Deref<Target = DeadLetterShared<R>>,
 {
     type Output = Result<T, Error>;
 

@@ -26,7 +26,7 @@ mod queue;
 mod service;
 mod sink;
 
-pub(crate) use future::sink_failed;
+pub(crate) use future::{sink_failed, Lettering};
 pub use future::DeadLetterFuture;
 pub(crate) use layer::{captures, DeadLetterShared};
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};

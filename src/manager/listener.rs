@@ -17,11 +17,11 @@ use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
-    captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterFuture, DeadLetterLayer,
+    captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterLayer, Lettering,
     DeadLetterQueue, DeadLetterReason, DeadLetterShared, DeadLetterSink,
 };
 use crate::limit::ConcurrencyLimitLayer;
-use crate::metrics::{ListenerMetrics, MetricsFuture, MetricsLayer};
+use crate::metrics::{ListenerMetrics, MetricsLayer, Recording};
 use crate::retry::RetryLayer;
 use crate::shared::Shared;
 use crate::timeout::TimeoutLayer;
@@ -247,11 +247,12 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         if self.is_cancelled(run) {
             return Err(self.shut_down(event).await);
         }
-        // The per-event layers (metrics, then dead letter) around the listener's stack: the same futures
-        // `MetricsLayer::per_event` and `DeadLetterLayer` make, so the boxed stack future stays small.
+        // The per-event layers (metrics, then dead letter) around the listener's stack: what the futures of
+        // `MetricsLayer::per_event` and `DeadLetterLayer` do, borrowing this listener's metrics and
+        // settings for the event instead of holding references (and the boxed stack future stays small).
         let outcome = {
-            let future = MetricsFuture::per_event(self.metrics.handle(), || {
-                DeadLetterFuture::start(self.dead_letters.handle(), event.clone(), |event| {
+            let future = Recording::per_event(&*self.metrics, || {
+                Lettering::start(&*self.dead_letters, event.clone(), |event| {
                     Lease::new(&*self.stack, event)
                 })
             });

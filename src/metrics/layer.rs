@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -99,16 +100,17 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        match self.scope {
-            Scope::Event => MetricsFuture::per_event(self.metrics.handle(), || self.inner.call(request)),
-            Scope::Attempt => MetricsFuture {
+        let recording = match self.scope {
+            Scope::Event => Recording::per_event(self.metrics.handle(), || self.inner.call(request)),
+            Scope::Attempt => Recording {
                 started: EVENT_STARTED.take().unwrap_or_else(clock::now),
                 inner: self.inner.call(request),
                 metrics: self.metrics.handle(),
                 scope: Scope::Attempt,
                 done: false,
             },
-        }
+        };
+        MetricsFuture { recording }
     }
 }
 
@@ -116,14 +118,42 @@ pin_project! {
     /// The response future of [`MetricsService`]. Dropping it early only ends its `in_flight` count.
     pub struct MetricsFuture<F> {
         #[pin]
+        recording: Recording<F, Handle<ListenerMetrics>>,
+    }
+}
+
+impl<F, T, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().recording.poll(cx)
+    }
+}
+
+pin_project! {
+    /// What [`MetricsFuture`] does, over any way `M` of holding the metrics: the layer's future holds a
+    /// handle, the manager (which runs the per-event step itself) a borrow of its listener's metrics.
+    pub(crate) struct Recording<F, M>
+    where
+        M: Deref<Target = ListenerMetrics>,
+    {
+        #[pin]
         inner: F,
-        metrics: Handle<ListenerMetrics>,
+        metrics: M,
         scope: Scope,
         started: Instant,
         done: bool,
     }
 
-    impl<F> PinnedDrop for MetricsFuture<F> {
+    impl<F, M> PinnedDrop for Recording<F, M>
+    where
+        M: Deref<Target = ListenerMetrics>,
+    {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.done && *this.scope == Scope::Event {
@@ -133,17 +163,16 @@ pin_project! {
     }
 }
 
-impl<F> MetricsFuture<F> {
+impl<F, M: Deref<Target = ListenerMetrics>> Recording<F, M> {
     /// Starts one event: counts it, reads the clock, and makes the inner call with that reading lent to a
-    /// per-attempt layer inside. Used by [`MetricsService`] and by the manager, which runs the per-event
-    /// layers itself around its listener's stack.
-    pub(crate) fn per_event(metrics: Handle<ListenerMetrics>, call: impl FnOnce() -> F) -> Self {
+    /// per-attempt layer inside.
+    pub(crate) fn per_event(metrics: M, call: impl FnOnce() -> F) -> Self {
         metrics.event_started();
         let started = clock::now();
         EVENT_STARTED.set(Some(started));
         let inner = call();
         EVENT_STARTED.set(None);
-        MetricsFuture {
+        Recording {
             inner,
             metrics,
             scope: Scope::Event,
@@ -153,10 +182,11 @@ impl<F> MetricsFuture<F> {
     }
 }
 
-impl<F, T, E> Future for MetricsFuture<F>
+impl<F, M, T, E> Future for Recording<F, M>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    M: Deref<Target = ListenerMetrics>,
 {
     type Output = Result<T, Error>;
 

@@ -13,6 +13,7 @@ mod histogram;
 mod layer;
 
 pub use histogram::LatencySummary;
+pub(crate) use layer::Recording;
 pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
 
 use std::fmt;
