@@ -59,6 +59,7 @@ where
     type Error = Error;
     type Future = CatchPanicFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         match catch_unwind(AssertUnwindSafe(|| self.inner.poll_ready(cx))) {
             Ok(poll) => poll.map_err(|e| Error::from_boxed(e.into())),
@@ -66,6 +67,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => CatchPanicFuture {

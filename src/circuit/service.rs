@@ -65,6 +65,7 @@ where
     type Error = Error;
     type Future = CircuitFuture<S, R>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.inner_ready {
             return Poll::Ready(Ok(()));
@@ -82,6 +83,7 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         let ticket = match self.breaker.admit() {
             Ok(ticket) => ticket,

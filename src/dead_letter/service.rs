@@ -51,12 +51,14 @@ where
     type Error = Error;
     type Future = DeadLetterFuture<S::Future, R>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::from_boxed(e.into()))
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         DeadLetterFuture::start(self.shared.handle(), request, |request| {
             self.inner.call(request)

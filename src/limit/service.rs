@@ -57,12 +57,14 @@ where
     type Error = Error;
     type Future = LimitFuture<S, R>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::from_boxed(e.into()))
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         if let Some(permit) = self.permits.try_acquire() {
             return LimitFuture::running(self.inner.call(request), permit);

@@ -70,14 +70,19 @@ thread_local! {
 /// A small number that differs between threads (assigned in order of first use): picks a thread's shard.
 #[inline]
 pub(crate) fn thread_index() -> usize {
-    THREAD_INDEX.with(|index| match index.get() {
-        usize::MAX => {
-            let assigned = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-            index.set(assigned);
-            assigned
-        }
+    match THREAD_INDEX.get() {
+        usize::MAX => assign_thread_index(),
         assigned => assigned,
-    })
+    }
+}
+
+/// A thread's first use: out of line, so the hot path above stays small enough to inline everywhere.
+#[cold]
+#[inline(never)]
+fn assign_thread_index() -> usize {
+    let assigned = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+    THREAD_INDEX.set(assigned);
+    assigned
 }
 
 /// This thread's shard among `shards`, a power of two (as [`shard_count`] gives): a mask, not a division,

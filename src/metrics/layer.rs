@@ -93,12 +93,14 @@ where
     type Error = Error;
     type Future = MetricsFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::from_boxed(e.into()))
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         let recording = match self.scope {
             Scope::Event => Recording::per_event(self.metrics.handle(), || self.inner.call(request)),

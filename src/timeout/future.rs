@@ -14,20 +14,13 @@ use crate::shared::Handle;
 use crate::Error;
 
 pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Unarmed,
-        Armed { #[pin] sleep: Sleep },
-    }
-}
-
-pin_project! {
     /// The response future of [`Timeout`](super::Timeout). Dropping it drops the inner future and the timer.
     pub struct TimeoutFuture<F> {
         #[pin]
         inner: Option<F>,
-        #[pin]
-        timer: Timer,
+        // Armed when the attempt first has to wait. Boxed: a tokio `Sleep` is ~140 bytes, and inline it
+        // would be copied (armed or not) each time an outer layer moves this future into its own.
+        timer: Option<Pin<Box<Sleep>>>,
         limit: Duration,
         metrics: Option<Handle<ListenerMetrics>>,
     }
@@ -37,7 +30,7 @@ impl<F> TimeoutFuture<F> {
     pub(crate) fn new(inner: F, limit: Duration, metrics: Option<Handle<ListenerMetrics>>) -> Self {
         TimeoutFuture {
             inner: Some(inner),
-            timer: Timer::Unarmed,
+            timer: None,
             limit,
             metrics,
         }
@@ -62,15 +55,10 @@ where
         if let Poll::Ready(result) = inner.poll(cx) {
             return Poll::Ready(result.map_err(|e| Error::from_boxed(e.into())));
         }
-        if let TimerProj::Unarmed = this.timer.as_mut().project() {
-            this.timer.set(Timer::Armed {
-                sleep: tokio::time::sleep(*this.limit),
-            });
-        }
-        let TimerProj::Armed { sleep } = this.timer.project() else {
-            unreachable!("armed just above")
-        };
-        if sleep.poll(cx).is_pending() {
+        let sleep = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(*this.limit)));
+        if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         // Drop the attempt now, not when the caller drops us.

@@ -37,12 +37,14 @@ where
     type Error = Error;
     type Future = TimeoutFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::from_boxed(e.into()))
     }
 
+    #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         TimeoutFuture::new(
             self.inner.call(request),
