@@ -74,6 +74,12 @@ impl<T: fmt::Debug> fmt::Debug for Shared<T> {
 /// A future's reference to shared state `T`, counted on its thread's anchor. Derefs to `T`.
 pub(crate) struct Handle<T>(Arc<Anchor<T>>);
 
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Handle(self.0.clone())
+    }
+}
+
 impl<T> Deref for Handle<T> {
     type Target = T;
 

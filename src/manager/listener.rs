@@ -22,8 +22,9 @@ use crate::dead_letter::{
 };
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metrics::{ListenerMetrics, MetricsLayer, Recording};
+use crate::metrics::{shard_count, thread_shard};
 use crate::retry::RetryLayer;
-use crate::shared::Shared;
+use crate::shared::{Handle, Shared};
 use crate::timeout::TimeoutLayer;
 use crate::{Error, Event};
 
@@ -71,14 +72,20 @@ pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
 }
 
 /// Counts a listener's accepted events until they end, so `stop` and `unregister` can wait for them.
-#[derive(Default)]
+///
+/// One count per thread shard, so that events on different threads do not write one cache line. An event
+/// is counted on the shard of the thread that accepted it and uncounted on the same shard (wherever it
+/// ends), so no shard ever goes below zero: a sum read while an event is in flight counts it.
 pub(crate) struct InFlight {
-    count: AtomicUsize,
+    counts: Box<[ShardCount]>,
     /// Tasks in `wait_idle`: an event that ends notifies only when someone waits, so the hot path never
     /// takes the `Notify`'s lock.
     waiters: AtomicUsize,
     idle: Notify,
 }
+
+#[repr(align(128))] // one count per cache line pair
+struct ShardCount(AtomicUsize);
 
 struct Waiter<'a>(&'a AtomicUsize);
 
@@ -88,27 +95,59 @@ impl Drop for Waiter<'_> {
     }
 }
 
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            counts: (0..shard_count())
+                .map(|_| ShardCount(AtomicUsize::new(0)))
+                .collect(),
+            waiters: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+}
+
 impl InFlight {
+    /// Counts an event on this thread's shard; returns the shard, for [`exit`](Self::exit). SeqCst: see
+    /// `Accepted::new`.
+    fn enter(&self) -> usize {
+        let shard = thread_shard(self.counts.len());
+        self.counts[shard].0.fetch_add(1, Ordering::SeqCst);
+        shard
+    }
+
+    /// Uncounts an event counted on `shard`, waking `wait_idle` if anyone waits.
+    fn exit(&self, shard: usize) {
+        self.counts[shard].0.fetch_sub(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// Waits until no event is in flight.
     ///
-    /// No lost wake-up: this counts itself in `waiters` and creates its `Notified` before it reads
-    /// `count`; an ending event decrements `count` before it reads `waiters` (all SeqCst). So either this
-    /// sees the count at zero, or the event sees the waiter and wakes it.
+    /// No lost wake-up: this counts itself in `waiters` and creates its `Notified` before it reads the
+    /// counts; an ending event decrements its count before it reads `waiters` (all SeqCst). So either this
+    /// sees the decrement, or the event sees the waiter and wakes it.
     pub(crate) async fn wait_idle(&self) {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let _waiter = Waiter(&self.waiters);
         loop {
             let notified = self.idle.notified();
-            // SeqCst: pairs with the SeqCst increment in `Accepted::new`, see there.
-            if self.count.load(Ordering::SeqCst) == 0 {
+            if self.count() == 0 {
                 return;
             }
             notified.await;
         }
     }
 
+    /// Events in flight now.
     pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
+        // SeqCst: pairs with the SeqCst increment in `Accepted::new`, see there.
+        self.counts
+            .iter()
+            .map(|count| count.0.load(Ordering::SeqCst))
+            .sum()
     }
 }
 
@@ -361,28 +400,28 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
 
 /// An accepted event's claim on its listener's in-flight count.
 pub(crate) struct Accepted<T> {
-    pub(crate) listener: Arc<ManagedListener<T>>,
+    pub(crate) listener: Handle<ManagedListener<T>>,
     pub(crate) run: u64,
+    shard: usize,
 }
 
 impl<T> Accepted<T> {
     /// Counts an event as in flight on `listener`. The increment is SeqCst and happens before the caller
     /// checks that the manager is running (also SeqCst), while `stop` clears that flag before it reads the
     /// count: so either the caller sees "not running" and backs out, or `stop` sees this event and waits.
-    pub(crate) fn new(listener: Arc<ManagedListener<T>>) -> Self {
-        listener.in_flight.count.fetch_add(1, Ordering::SeqCst);
+    pub(crate) fn new(listener: Handle<ManagedListener<T>>) -> Self {
+        let shard = listener.in_flight.enter();
         let run = listener.run.load(Ordering::SeqCst);
-        Accepted { listener, run }
+        Accepted {
+            listener,
+            run,
+            shard,
+        }
     }
 }
 
 impl<T> Drop for Accepted<T> {
     fn drop(&mut self) {
-        let in_flight = &self.listener.in_flight;
-        if in_flight.count.fetch_sub(1, Ordering::SeqCst) == 1
-            && in_flight.waiters.load(Ordering::SeqCst) > 0
-        {
-            in_flight.idle.notify_waiters();
-        }
+        self.listener.in_flight.exit(self.shard);
     }
 }

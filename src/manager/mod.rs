@@ -47,6 +47,7 @@ use tower::{BoxError, Service};
 use crate::circuit::CircuitBreakerHandle;
 use crate::dead_letter::{DeadLetterQueue, RedriveReport};
 use crate::metrics::{ListenerMetrics, Stats};
+use crate::shared::{Handle, Shared};
 use crate::{Error, Event};
 use listener::{Accepted, ManagedListener};
 use pool::{Job, Pool};
@@ -138,7 +139,9 @@ impl<T> Clone for ListenerManager<T> {
 }
 
 /// The registry: read (lock-free) on every event, replaced whole on register and unregister.
-type Registry<T> = FxHashMap<String, Arc<ManagedListener<T>>>;
+/// Each listener behind per-thread anchors: an accepted event counts its reference to the listener on its
+/// thread's anchor, not on one count every thread shares.
+type Registry<T> = FxHashMap<String, Shared<ManagedListener<T>>>;
 
 struct Inner<T> {
     config: ManagerConfig,
@@ -173,17 +176,22 @@ impl<T> ListenerManager<T> {
         &self.inner.config.name
     }
 
-    fn get(&self, id: &str) -> Result<Arc<ManagedListener<T>>, Error> {
+    fn get(&self, id: &str) -> Result<Handle<ManagedListener<T>>, Error> {
         self.inner
             .listeners
             .load()
             .get(id)
-            .cloned()
+            .map(Shared::handle)
             .ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     fn all(&self) -> Vec<Arc<ManagedListener<T>>> {
-        self.inner.listeners.load().values().cloned().collect()
+        self.inner
+            .listeners
+            .load()
+            .values()
+            .map(|listener| listener.arc().clone())
+            .collect()
     }
 
     /// The ids of the registered listeners, sorted.
@@ -324,7 +332,7 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         managed.start_run();
         tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
         let mut next = Registry::clone(&current);
-        next.insert(managed.id.clone(), Arc::new(managed));
+        next.insert(managed.id.clone(), Shared::new(Arc::new(managed)));
         self.inner.listeners.store(Arc::new(next));
         Ok(())
     }
@@ -343,7 +351,7 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
                 .remove(id)
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
             self.inner.listeners.store(Arc::new(next));
-            removed
+            removed.arc().clone()
         };
         let report = drain(
             std::slice::from_ref(&listener),

@@ -1,7 +1,5 @@
 //! The worker pool behind `dispatch`: a bounded queue shared by a fixed number of worker tasks.
 
-use std::sync::Arc;
-
 use async_channel::{Receiver, Sender, TrySendError};
 use tokio::task::JoinHandle;
 
@@ -54,7 +52,7 @@ impl<T: Send + Sync + 'static> Pool<T> {
                 tokio::spawn(async move {
                     while let Ok(Message::Job(job)) = receiver.recv().await {
                         let Job { accepted, event } = job;
-                        let listener = Arc::clone(&accepted.listener);
+                        let listener = accepted.listener.clone();
                         // The outcome is final inside the stack (dead-lettered on failure); the worker only
                         // keeps the event counted until it ends.
                         let _ = listener.run(event, accepted.run).await;
