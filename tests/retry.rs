@@ -392,3 +392,31 @@ fn bad_retry_policy_names_the_field() {
         ));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn first_attempts_earn_retries_in_the_budget() {
+    // No floor, one retry earned per two first attempts (50 %): four events that succeed earn two retries.
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
+    let (inner, probe) = handler();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(RetryPolicy {
+                max_retries: 10,
+                budget: Some(budget),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+        .service(inner);
+    assert!(
+        svc.clone().oneshot(Call::Fail).await.is_err(),
+        "nothing earned yet"
+    );
+    assert_eq!(probe.calls(), 1, "no budget: no retry");
+    for _ in 0..3 {
+        svc.clone().oneshot(Call::Ok).await.unwrap();
+    }
+    // Four first attempts so far (the failed one included) earned two retries.
+    assert!(svc.clone().oneshot(Call::Fail).await.is_err());
+    assert_eq!(probe.calls(), 1 + 3 + 1 + 2, "two budgeted retries");
+}

@@ -26,6 +26,11 @@ std::thread_local! {
     static ATTEMPT_FINISHED: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
+/// The clock reading a per-event `call` lends to the layers inside it, if this runs inside one.
+pub(crate) fn lent_event_start() -> Option<Instant> {
+    EVENT_STARTED.get()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Event,

@@ -13,7 +13,7 @@ mod histogram;
 mod layer;
 
 pub use histogram::LatencySummary;
-pub(crate) use layer::Recording;
+pub(crate) use layer::{lent_event_start, Recording};
 pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
 
 use std::fmt;

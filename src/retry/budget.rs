@@ -2,18 +2,20 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tower::retry::budget::{Budget, TpsBudget};
-
-use crate::Error;
+use crate::window::SlidingWindow;
+use crate::{clock, Error};
 
 /// A retry budget: retries may add at most `retry_percent` of the recent first attempts, plus a floor of
 /// `min_per_sec` retries per second, measured over `ttl`. Clones share one budget, so retries cannot
 /// multiply load when a dependency is down.
 ///
-/// Built on tower's `TpsBudget` (whose semantics fit exactly); the arguments are validated here so a bad
-/// value is an [`Error::InvalidConfig`] instead of tower's panic.
+/// The semantics and the arguments are those of tower's `TpsBudget` (a bad value is an
+/// [`Error::InvalidConfig`] here instead of tower's panic), but not its implementation: tower's takes a
+/// mutex that every caller shares on every first attempt. Here deposits and withdrawals are counted in a
+/// sliding window sharded by thread (the one the health window uses), so a first attempt costs one atomic
+/// add on its own thread's cache line, and only a retry reads the whole window.
 ///
 /// ```
 /// use std::time::Duration;
@@ -25,7 +27,7 @@ use crate::Error;
 /// ```
 #[derive(Clone)]
 pub struct RetryBudget {
-    inner: Arc<TpsBudget>,
+    inner: Arc<Balance>,
     ttl: Duration,
     min_per_sec: u32,
     retry_percent: f32,
@@ -54,23 +56,68 @@ impl RetryBudget {
         if min_per_sec >= i32::MAX as u32 {
             return Err(Error::invalid_config(FIELD, "min_per_sec is too large"));
         }
+        // tower's units: a deposit earns `deposit` units and a retry costs `withdraw`, so that
+        // `retry_percent` retries are earned per first attempt; the floor is `min_per_sec` retries per
+        // second over the whole window.
+        let (deposit, withdraw) = if retry_percent == 0.0 {
+            (0, 1)
+        } else if retry_percent <= 1.0 {
+            (1, (1.0 / retry_percent) as i64)
+        } else {
+            (1000, (1000.0 / retry_percent) as i64)
+        };
         Ok(RetryBudget {
-            inner: Arc::new(TpsBudget::new(ttl, min_per_sec, retry_percent)),
+            inner: Arc::new(Balance {
+                // Successes are deposits, failures withdrawals.
+                window: SlidingWindow::sharded(ttl, clock::now()),
+                reserve: i64::from(min_per_sec) * ttl.as_secs() as i64 * withdraw,
+                deposit,
+                withdraw,
+            }),
             ttl,
             min_per_sec,
             retry_percent,
         })
     }
 
-    /// Counts a first attempt (it earns budget for retries).
-    pub(crate) fn deposit(&self) {
-        self.inner.deposit();
+    /// Counts a first attempt made at `now` (it earns budget for retries).
+    pub(crate) fn deposit(&self, now: Instant) {
+        self.inner.window.record(now, true);
     }
 
-    /// Takes budget for one retry; false when there is none.
+    /// Takes budget for one retry; false when there is none. Two threads that withdraw the last unit at
+    /// once may both get it (as with tower's): the cap holds to within the number of racing retries.
     pub(crate) fn withdraw(&self) -> bool {
-        self.inner.withdraw()
+        let now = clock::now();
+        let Balance {
+            window,
+            reserve,
+            deposit,
+            withdraw,
+        } = &*self.inner;
+        let counts = window.counts(now);
+        let earned = i64::try_from(counts.successes).unwrap_or(i64::MAX);
+        let spent = i64::try_from(counts.failures).unwrap_or(i64::MAX);
+        let balance = reserve
+            .saturating_add(earned.saturating_mul(*deposit))
+            .saturating_sub(spent.saturating_mul(*withdraw));
+        if balance < *withdraw {
+            return false;
+        }
+        window.record(now, false);
+        true
     }
+}
+
+/// What the clones of a [`RetryBudget`] share.
+struct Balance {
+    window: SlidingWindow,
+    /// Units available without any deposit: the floor of retries per second, over the window.
+    reserve: i64,
+    /// Units a first attempt earns.
+    deposit: i64,
+    /// Units a retry costs.
+    withdraw: i64,
 }
 
 impl fmt::Debug for RetryBudget {

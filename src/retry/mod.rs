@@ -21,7 +21,8 @@
 //! Written here rather than with `tower::retry::Retry`: tower's clones the whole policy and service into
 //! every response future and returns the inner error type; this one returns the typed
 //! [`Error`](crate::Error), reports to the metrics, and tells a dead-letter layer around it how many attempts
-//! were made and why retrying stopped. The budget is tower's own `TpsBudget`.
+//! were made and why retrying stopped. The budget keeps the semantics of tower's `TpsBudget` but not its
+//! shared mutex (see [`RetryBudget`]).
 
 mod backoff;
 mod budget;

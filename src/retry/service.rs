@@ -77,7 +77,8 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         if let Some(budget) = &self.core.shared.policy.budget {
-            budget.deposit();
+            // The event's start, when a per-event metrics layer outside has read the clock already.
+            budget.deposit(crate::metrics::lent_event_start().unwrap_or_else(crate::clock::now));
         }
         let future = self.inner.call(request.clone());
         RetryFuture::new(future, self.core.handle(), request)
