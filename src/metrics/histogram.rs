@@ -1,12 +1,16 @@
-//! Latency histograms that concurrent callers record into without sharing a lock.
+//! Latency histograms that concurrent callers record into without a lock.
 //!
-//! The histogram is split into shards, each an hdrhistogram behind its own mutex; a thread records into the
-//! shard its thread index picks (falling back to the next free one if that is busy), so two threads almost
-//! never meet on one lock. A shard is allocated on its first use. Reading merges the shards.
+//! Each histogram is split into shards, one per thread shard, each an array of atomic counters with the
+//! bucket layout of an hdrhistogram of two significant digits (every value below 256 ns exact, then 128
+//! buckets per power of two: within 0.8 %). Recording is one relaxed atomic add on the recording thread's
+//! own shard (a shard's counters are allocated on its first use). Reading sums the shards into an
+//! [`hdrhistogram::Histogram`] with the same buckets, which computes the percentiles. (It was one
+//! hdrhistogram per shard behind a mutex: the lock and hdrhistogram's bookkeeping cost ~140 instructions
+//! per record, more than the rest of the metrics layer.)
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -15,6 +19,33 @@ use hdrhistogram::Histogram;
 const HIGHEST_NANOS: u64 = 3_600_000_000_000;
 /// Two significant digits: each percentile within 1% of the true value.
 const SIGNIFICANT_DIGITS: u8 = 2;
+/// Values below this are counted exactly (hdrhistogram's sub-bucket count for two significant digits).
+const EXACT: u64 = 256;
+/// Buckets per power of two above [`EXACT`].
+const PER_OCTAVE: u64 = EXACT / 2;
+/// Buckets for 0 ..= [`HIGHEST_NANOS`].
+const BUCKETS: usize = bucket(HIGHEST_NANOS) + 1;
+
+/// The bucket of `nanos` (at most [`HIGHEST_NANOS`]).
+const fn bucket(nanos: u64) -> usize {
+    if nanos < EXACT {
+        return nanos as usize;
+    }
+    let octave = 63 - nanos.leading_zeros() as u64; // 8 for 256..=511
+    let shift = octave - 7; // keeps the top 8 bits: 128..=255
+    (EXACT + (octave - 8) * PER_OCTAVE + ((nanos >> shift) - PER_OCTAVE)) as usize
+}
+
+/// The lowest value counted in bucket `index`.
+fn bucket_floor(index: usize) -> u64 {
+    let index = index as u64;
+    if index < EXACT {
+        return index;
+    }
+    let octave = (index - EXACT) / PER_OCTAVE + 8;
+    let top = (index - EXACT) % PER_OCTAVE + PER_OCTAVE;
+    top << (octave - 7)
+}
 
 /// A summary of recorded latencies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,14 +80,13 @@ impl LatencySummary {
 }
 
 #[repr(align(128))] // one shard per cache line pair, so shards do not false-share
-struct Shard(OnceLock<Mutex<Histogram<u64>>>);
+struct Shard(OnceLock<Box<[AtomicU64]>>);
 
 pub(crate) struct LatencyHistogram {
     shards: Box<[Shard]>,
 }
 
 fn new_histogram() -> Histogram<u64> {
-    // The bounds are constants that hdrhistogram accepts (low 1 ≤ high/2, sigfig ≤ 5): this cannot fail.
     Histogram::new_with_bounds(1, HIGHEST_NANOS, SIGNIFICANT_DIGITS)
         .expect("constant bounds are valid")
 }
@@ -106,39 +136,30 @@ impl LatencyHistogram {
         }
     }
 
-    fn shard(&self, index: usize) -> &Mutex<Histogram<u64>> {
-        self.shards[index & (self.shards.len() - 1)]
-            .0
-            .get_or_init(|| Mutex::new(new_histogram()))
-    }
-
     /// Records one latency; values past one hour saturate.
+    #[inline]
     pub(crate) fn record(&self, latency: Duration) {
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let home = thread_index();
-        // Try our own shard, then the next one, before waiting on our own.
-        for step in 0..2 {
-            if let Ok(mut h) = self.shard(home + step).try_lock() {
-                h.saturating_record(nanos);
-                return;
-            }
-        }
-        let mut h = self
-            .shard(home)
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        h.saturating_record(nanos);
+        let nanos = u64::try_from(latency.as_nanos()).map_or(HIGHEST_NANOS, |n| n.min(HIGHEST_NANOS));
+        let counts = self.shards[thread_shard(self.shards.len())]
+            .0
+            .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());
+        // Relaxed: a count only has to be exact once the recording threads are done, and a reader that
+        // races with them sees some of the latest records or not (they are all counted eventually).
+        counts[bucket(nanos)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Percentiles over everything recorded.
     pub(crate) fn summary(&self) -> LatencySummary {
         let mut merged = new_histogram();
-        for shard in self.shards.iter() {
-            if let Some(h) = shard.0.get() {
-                let h = h.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                // Same bounds on both sides: adding cannot fail.
-                let _ = merged.add(&*h);
+        let mut totals = vec![0u64; BUCKETS];
+        for counts in self.shards.iter().filter_map(|shard| shard.0.get()) {
+            for (total, count) in totals.iter_mut().zip(counts.iter()) {
+                *total += count.load(Ordering::Relaxed);
             }
+        }
+        for (index, &count) in totals.iter().enumerate().filter(|(_, &c)| c > 0) {
+            // The same buckets on both sides: the floor lands in this bucket's hdrhistogram bucket.
+            merged.saturating_record_n(bucket_floor(index), count);
         }
         if merged.is_empty() {
             return LatencySummary::default();
@@ -175,6 +196,30 @@ mod tests {
         assert!(close(s.p90, 90), "{:?}", s.p90);
         assert!(close(s.p99, 99), "{:?}", s.p99);
         assert!(close(s.max, 100), "{:?}", s.max);
+    }
+
+    #[test]
+    fn buckets_are_hdrhistogram_buckets() {
+        let reference = new_histogram();
+        let mut values: Vec<u64> = (0..4096)
+            .chain((12..43).flat_map(|p| [(1u64 << p) - 1, 1 << p, (1 << p) + 1, 3 << (p - 1)]))
+            .map(|nanos| nanos.min(HIGHEST_NANOS))
+            .collect();
+        values.sort_unstable();
+        let mut previous = 0;
+        for nanos in values {
+            let index = bucket(nanos);
+            assert!(index >= previous, "buckets grow with the value");
+            previous = index;
+            let floor = bucket_floor(index);
+            assert!(floor <= nanos, "{nanos}: floor {floor}");
+            assert_eq!(bucket(floor), index, "{nanos}: the floor is in the bucket");
+            assert!(
+                reference.equivalent(floor.max(1), nanos.max(1)),
+                "{nanos} and {floor} share an hdrhistogram bucket"
+            );
+        }
+        assert_eq!(bucket(HIGHEST_NANOS), BUCKETS - 1);
     }
 
     #[test]
