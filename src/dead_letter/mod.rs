@@ -26,8 +26,8 @@ mod queue;
 mod service;
 mod sink;
 
-pub(crate) use future::{sink_failed, Lettering};
 pub use future::DeadLetterFuture;
+pub(crate) use future::{sink_failed, Lettering};
 pub(crate) use layer::{captures, DeadLetterShared};
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};

@@ -6,10 +6,10 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::permits::Permits;
-use crate::shared::Shared;
 use super::service::ConcurrencyLimit;
 use crate::error::check_duration;
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::Error;
 
 /// The largest limit accepted: far above any real need, and far from overflowing the permit count.

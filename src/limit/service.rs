@@ -8,8 +8,8 @@ use tower::{BoxError, Service};
 use super::future::LimitFuture;
 use super::layer::LimitMode;
 use super::permits::Permits;
-use crate::shared::Shared;
 use crate::metrics::ListenerMetrics;
+use crate::shared::Shared;
 use crate::Error;
 
 /// A service whose calls share one concurrency limit. Made by

@@ -17,12 +17,12 @@ use super::stack::{EventStack, Lease, Stack};
 use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
-    captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterLayer, Lettering,
-    DeadLetterQueue, DeadLetterReason, DeadLetterShared, DeadLetterSink,
+    captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
+    DeadLetterReason, DeadLetterShared, DeadLetterSink, Lettering,
 };
 use crate::limit::ConcurrencyLimitLayer;
-use crate::metrics::{ListenerMetrics, MetricsLayer, Recording};
 use crate::metrics::{shard_count, thread_shard};
+use crate::metrics::{ListenerMetrics, MetricsLayer, Recording};
 use crate::retry::RetryLayer;
 use crate::shared::{Handle, Shared};
 use crate::timeout::TimeoutLayer;

@@ -32,8 +32,11 @@ pub(crate) trait Slot<T>: Send {
     fn clear(self: Pin<&mut Self>);
     /// Calls `service` (a ready service of this slot's stack type) with `event` and keeps its future here,
     /// in place; hands the event back if `service` is of another type.
-    fn call_into(self: Pin<&mut Self>, service: &mut dyn Any, event: Event<T>)
-        -> Result<(), Event<T>>;
+    fn call_into(
+        self: Pin<&mut Self>,
+        service: &mut dyn Any,
+        event: Event<T>,
+    ) -> Result<(), Event<T>>;
     /// Whether the slot is of its stack's usual future type (fallback slots are not recycled).
     fn recyclable(&self) -> bool;
 }

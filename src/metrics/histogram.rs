@@ -139,7 +139,8 @@ impl LatencyHistogram {
     /// Records one latency; values past one hour saturate.
     #[inline]
     pub(crate) fn record(&self, latency: Duration) {
-        let nanos = u64::try_from(latency.as_nanos()).map_or(HIGHEST_NANOS, |n| n.min(HIGHEST_NANOS));
+        let nanos =
+            u64::try_from(latency.as_nanos()).map_or(HIGHEST_NANOS, |n| n.min(HIGHEST_NANOS));
         let counts = self.shards[thread_shard(self.shards.len())]
             .0
             .get_or_init(|| (0..BUCKETS).map(|_| AtomicU64::new(0)).collect());

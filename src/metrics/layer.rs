@@ -108,7 +108,9 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         let recording = match self.scope {
-            Scope::Event => Recording::per_event(self.metrics.handle(), || self.inner.call(request)),
+            Scope::Event => {
+                Recording::per_event(self.metrics.handle(), || self.inner.call(request))
+            }
             Scope::Attempt => Recording {
                 started: EVENT_STARTED.take().unwrap_or_else(clock::now),
                 inner: self.inner.call(request),
