@@ -222,21 +222,27 @@ async fn dropping_the_future_cancels_the_backoff_sleep() {
     assert_eq!(probe.calls(), 1);
 }
 
+/// A handler behind a retry layer that would retry 10 times but for `budget`.
+fn retried_within(
+    budget: RetryBudget,
+) -> (
+    impl tower::Service<Call, Response = &'static str, Error = Error> + Clone,
+    support::Probe,
+) {
+    let (inner, probe) = handler();
+    let layer = RetryLayer::new(RetryPolicy {
+        max_retries: 10,
+        budget: Some(budget),
+        ..Default::default()
+    })
+    .unwrap();
+    (ServiceBuilder::new().layer(layer).service(inner), probe)
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_budget_stops_retries_when_spent() {
     // A floor of one retry per second over one second, and no share of traffic: one retry in all.
-    let budget = RetryBudget::new(Duration::from_secs(1), 1, 0.0).unwrap();
-    let (inner, probe) = handler();
-    let svc = ServiceBuilder::new()
-        .layer(
-            RetryLayer::new(RetryPolicy {
-                max_retries: 10,
-                budget: Some(budget),
-                ..Default::default()
-            })
-            .unwrap(),
-        )
-        .service(inner);
+    let (svc, probe) = retried_within(RetryBudget::new(Duration::from_secs(1), 1, 0.0).unwrap());
     assert!(svc.clone().oneshot(Call::Fail).await.is_err());
     assert_eq!(
         probe.calls(),
@@ -396,18 +402,7 @@ fn bad_retry_policy_names_the_field() {
 #[tokio::test(start_paused = true)]
 async fn first_attempts_earn_retries_in_the_budget() {
     // No floor, one retry earned per two first attempts (50 %): four events that succeed earn two retries.
-    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
-    let (inner, probe) = handler();
-    let svc = ServiceBuilder::new()
-        .layer(
-            RetryLayer::new(RetryPolicy {
-                max_retries: 10,
-                budget: Some(budget),
-                ..Default::default()
-            })
-            .unwrap(),
-        )
-        .service(inner);
+    let (svc, probe) = retried_within(RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap());
     assert!(
         svc.clone().oneshot(Call::Fail).await.is_err(),
         "nothing earned yet"
