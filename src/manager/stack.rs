@@ -4,8 +4,8 @@
 //! Erasing the handler's type means the stack's future cannot be named, so it lives behind a
 //! `Pin<Box<dyn …>>`. Instead of allocating (and freeing) one per event, each listener keeps per-thread
 //! shards, each holding a ready clone of the stack and a free list of boxes that already fit its future:
-//! an event takes the shard of its thread (an uncontended `try_lock`), calls the shard's service, moves
-//! the future into a recycled box, and gives the box back (emptied: the future and everything it held are
+//! an event takes the shard of its thread (an uncontended `try_lock`), calls the shard's service straight
+//! into a recycled box (the future is built in place, not moved in), and gives the box back (emptied: the future and everything it held are
 //! dropped at once) when the event ends or is cancelled. When the shard is busy or the handler is not
 //! ready at once, the event falls back to a clone of the stack and a fresh box.
 
