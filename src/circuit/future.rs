@@ -94,10 +94,16 @@ where
         })
     }
 
-    pub(crate) fn running(future: S::Future, breaker: Handle<Breaker>, ticket: Ticket) -> Self {
+    /// An admitted call: `call`'s future, built in place (after the start time is taken).
+    #[inline]
+    pub(crate) fn running(
+        call: impl FnOnce() -> S::Future,
+        breaker: Handle<Breaker>,
+        ticket: Ticket,
+    ) -> Self {
         CircuitFuture {
-            state: State::Running { future },
             admitted: Self::admitted(breaker, ticket),
+            state: State::Running { future: call() },
         }
     }
 

@@ -90,8 +90,8 @@ where
             Err(rejection) => return CircuitFuture::rejected(rejection),
         };
         if std::mem::take(&mut self.inner_ready) {
-            let future = self.inner.call(request);
-            CircuitFuture::running(future, self.breaker.handle(), ticket)
+            let inner = &mut self.inner;
+            CircuitFuture::running(|| inner.call(request), self.breaker.handle(), ticket)
         } else {
             // Admitted without a ready inner service: take this (unready) one into the future and wait
             // for its readiness there; keep a fresh clone here.

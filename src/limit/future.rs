@@ -53,11 +53,13 @@ impl<S: Service<R>, R> LimitFuture<S, R> {
         }
     }
 
-    pub(crate) fn running(future: S::Future, permit: Permit) -> Self {
+    /// A call holding `permit`: `call`'s future, built in place.
+    #[inline]
+    pub(crate) fn running(call: impl FnOnce() -> S::Future, permit: Permit) -> Self {
         LimitFuture {
             state: State::Running {
-                future,
                 permit: Some(permit),
+                future: call(),
             },
         }
     }

@@ -67,7 +67,8 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         if let Some(permit) = self.permits.try_acquire() {
-            return LimitFuture::running(self.inner.call(request), permit);
+            let inner = &mut self.inner;
+            return LimitFuture::running(|| inner.call(request), permit);
         }
         let permits = self.permits.clone();
         let acquire: super::future::Acquire = match self.mode {

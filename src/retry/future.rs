@@ -58,14 +58,20 @@ pin_project! {
 }
 
 impl<S: Service<R>, R> RetryFuture<S, R> {
-    pub(crate) fn new(future: S::Future, core: Handle<RetryCore<S>>, request: R) -> Self {
+    /// The first attempt is `call`'s future, built in place.
+    #[inline]
+    pub(crate) fn new(
+        call: impl FnOnce() -> S::Future,
+        core: Handle<RetryCore<S>>,
+        request: R,
+    ) -> Self {
         RetryFuture {
-            state: State::Calling { future },
             retrying: None,
             previous_delay: core.shared.policy.initial_delay,
             core,
             request,
             attempt: 1,
+            state: State::Calling { future: call() },
         }
     }
 }

@@ -80,7 +80,7 @@ where
             // The event's start, when a per-event metrics layer outside has read the clock already.
             budget.deposit(crate::metrics::lent_event_start().unwrap_or_else(crate::clock::now));
         }
-        let future = self.inner.call(request.clone());
-        RetryFuture::new(future, self.core.handle(), request)
+        let first = request.clone();
+        RetryFuture::new(|| self.inner.call(first), self.core.handle(), request)
     }
 }

@@ -27,12 +27,18 @@ pin_project! {
 }
 
 impl<F> TimeoutFuture<F> {
-    pub(crate) fn new(inner: F, limit: Duration, metrics: Option<Handle<ListenerMetrics>>) -> Self {
+    /// The attempt is `call`'s future, built in place.
+    #[inline]
+    pub(crate) fn new(
+        call: impl FnOnce() -> F,
+        limit: Duration,
+        metrics: Option<Handle<ListenerMetrics>>,
+    ) -> Self {
         TimeoutFuture {
-            inner: Some(inner),
             timer: None,
             limit,
             metrics,
+            inner: Some(call()),
         }
     }
 }

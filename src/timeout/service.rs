@@ -46,8 +46,9 @@ where
 
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
+        let inner = &mut self.inner;
         TimeoutFuture::new(
-            self.inner.call(request),
+            || inner.call(request),
             self.limit,
             self.metrics.as_ref().map(Shared::handle),
         )
