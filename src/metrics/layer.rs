@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
@@ -23,7 +23,16 @@ std::thread_local! {
     /// Set by a per-event `call` around its inner `call`: the event's start, for the first attempt.
     static EVENT_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Set by a per-attempt future when it completes: the attempt's end, for the event polling it.
-    static ATTEMPT_FINISHED: Cell<Option<Instant>> = const { Cell::new(None) };
+    static ATTEMPT_FINISHED: Cell<Option<Finished>> = const { Cell::new(None) };
+}
+
+/// An attempt's end as lent to the event around it: when the two started at the same reading (the first
+/// attempt, run synchronously), the event's latency is the attempt's, and is not computed twice.
+#[derive(Clone, Copy)]
+struct Finished {
+    at: Instant,
+    started: Instant,
+    latency: Duration,
 }
 
 /// The clock reading a per-event `call` lends to the layers inside it, if this runs inside one.
@@ -208,14 +217,21 @@ where
         *this.done = true;
         match this.scope {
             Scope::Event => {
-                let now = ATTEMPT_FINISHED.take().unwrap_or_else(clock::now);
-                let latency = now.saturating_duration_since(*this.started);
+                let latency = match ATTEMPT_FINISHED.take() {
+                    Some(attempt) if attempt.started == *this.started => attempt.latency,
+                    Some(attempt) => attempt.at.saturating_duration_since(*this.started),
+                    None => clock::now().saturating_duration_since(*this.started),
+                };
                 this.metrics.event_finished(result.is_ok(), latency);
             }
             Scope::Attempt => {
                 let now = clock::now();
-                ATTEMPT_FINISHED.set(Some(now));
                 let latency = now.saturating_duration_since(*this.started);
+                ATTEMPT_FINISHED.set(Some(Finished {
+                    at: now,
+                    started: *this.started,
+                    latency,
+                }));
                 this.metrics.attempt_finished(result.is_ok(), latency, now);
                 if let Err(Error::Panicked { .. }) = &result {
                     this.metrics.panicked();
