@@ -27,6 +27,7 @@ mod config;
 mod health;
 mod listener;
 mod pool;
+mod registry;
 mod stack;
 
 pub use config::{ListenerConfig, ManagerConfig};
@@ -35,11 +36,8 @@ pub use listener::{listener_fn, Listener};
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
-use rustc_hash::FxHashMap;
 
 use tokio::task::JoinHandle;
 use tower::{BoxError, Service};
@@ -51,6 +49,7 @@ use crate::shared::{Handle, Shared};
 use crate::{Error, Event};
 use listener::{Accepted, ManagedListener};
 use pool::{Job, Pool};
+use registry::Registry;
 
 /// `dispatch` refused an event: why, and the event itself, untouched.
 pub struct DispatchError<T = serde_json::Value> {
@@ -138,21 +137,14 @@ impl<T> Clone for ListenerManager<T> {
     }
 }
 
-/// The registry: read (lock-free) on every event, replaced whole on register and unregister.
-/// Each listener behind per-thread anchors: an accepted event counts its reference to the listener on its
-/// thread's anchor, not on one count every thread shares.
-type Registry<T> = FxHashMap<String, Shared<ManagedListener<T>>>;
-
 struct Inner<T> {
     config: ManagerConfig,
-    listeners: ArcSwap<Registry<T>>,
+    listeners: Registry<T>,
     /// Read on every `process`/`dispatch`; written under `lifecycle`.
     running: AtomicBool,
     /// Serializes start/stop.
     lifecycle: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     pool: Pool<T>,
-    /// Serializes registration and unregistration (each copies the registry and swaps it in).
-    registry: Mutex<()>,
 }
 
 impl<T> fmt::Debug for ListenerManager<T> {
@@ -179,16 +171,14 @@ impl<T> ListenerManager<T> {
     fn get(&self, id: &str) -> Result<Handle<ManagedListener<T>>, Error> {
         self.inner
             .listeners
-            .load()
             .get(id)
-            .map(Shared::handle)
             .ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     fn all(&self) -> Vec<Arc<ManagedListener<T>>> {
         self.inner
             .listeners
-            .load()
+            .current()
             .values()
             .map(|listener| listener.arc().clone())
             .collect()
@@ -196,7 +186,7 @@ impl<T> ListenerManager<T> {
 
     /// The ids of the registered listeners, sorted.
     pub fn listeners(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.inner.listeners.load().keys().cloned().collect();
+        let mut ids: Vec<String> = self.inner.listeners.current().keys().cloned().collect();
         ids.sort();
         ids
     }
@@ -292,19 +282,11 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
             inner: Arc::new(Inner {
                 pool: Pool::new(config.queue),
                 config,
-                listeners: ArcSwap::from_pointee(Registry::default()),
+                listeners: Registry::new(),
                 running: AtomicBool::new(false),
                 lifecycle: tokio::sync::Mutex::new(Vec::new()),
-                registry: Mutex::new(()),
             }),
         })
-    }
-
-    fn registry(&self) -> MutexGuard<'_, ()> {
-        self.inner
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Builds the listener's stack and registers it under its id. If the manager is running, the listener
@@ -324,17 +306,15 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         E: Into<BoxError>,
     {
         let managed = ManagedListener::build(listener, config, &self.inner.config)?;
-        let _registry = self.registry();
-        let current = self.inner.listeners.load();
-        if current.contains_key(&managed.id) {
-            return Err(Error::AlreadyRegistered(managed.id));
-        }
-        managed.start_run();
-        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
-        let mut next = Registry::clone(&current);
-        next.insert(managed.id.clone(), Shared::new(Arc::new(managed)));
-        self.inner.listeners.store(Arc::new(next));
-        Ok(())
+        self.inner.listeners.update(|listeners| {
+            if listeners.contains_key(&managed.id) {
+                return Err(Error::AlreadyRegistered(managed.id));
+            }
+            managed.start_run();
+            tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
+            listeners.insert(managed.id.clone(), Shared::new(Arc::new(managed)));
+            Ok(())
+        })
     }
 
     /// Removes a listener: new events for it fail with [`Error::NotFound`]; its in-flight events get up to
@@ -344,15 +324,12 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
     /// # Errors
     /// [`Error::NotFound`] for an unknown id.
     pub async fn unregister(&self, id: &str) -> Result<StopReport, Error> {
-        let listener = {
-            let _registry = self.registry();
-            let mut next = Registry::clone(&self.inner.listeners.load());
-            let removed = next
+        let listener = self.inner.listeners.update(|listeners| {
+            listeners
                 .remove(id)
-                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-            self.inner.listeners.store(Arc::new(next));
-            removed.arc().clone()
-        };
+                .map(|removed| removed.arc().clone())
+                .ok_or_else(|| Error::NotFound(id.to_owned()))
+        })?;
         let report = drain(
             std::slice::from_ref(&listener),
             self.inner.config.unregister_timeout,
