@@ -1,5 +1,6 @@
 //! [`DeadLetterFuture`].
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,7 +36,7 @@ pin_project! {
     /// sink store synchronously, before this future first returns `Pending`).
     pub struct DeadLetterFuture<F, R> {
         #[pin]
-        lettering: Lettering<F, R, Handle<DeadLetterShared<R>>>,
+        lettering: Lettering<F, R, Handle<DeadLetterShared<R>>, R>,
     }
 }
 
@@ -53,7 +54,7 @@ impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
 
 impl<F, R, T, E> Future for DeadLetterFuture<F, R>
 where
-    R: 'static,
+    R: Clone + 'static,
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
 {
@@ -66,38 +67,43 @@ where
 }
 
 pin_project! {
-    /// What [`DeadLetterFuture`] does, over any way `H` of holding the layer's settings: the layer's
-    /// future holds a handle, the manager (which runs the per-event step itself) a borrow.
-    pub(crate) struct Lettering<F, R, H>
+    /// What [`DeadLetterFuture`] does, over any way `H` of holding the layer's settings and any way `K`
+    /// of keeping the request for its letter: the layer's future holds a handle and a clone of the
+    /// request, the manager (which runs the per-event step itself) borrows both, as it holds the event
+    /// for the whole call anyway; the letter clones a borrowed request only when it is written.
+    pub(crate) struct Lettering<F, R, H, K>
     where
         H: Deref<Target = DeadLetterShared<R>>,
+        K: Borrow<R>,
     {
         #[pin]
         state: State<F>,
-        request: Option<R>,
+        request: Option<K>,
         shared: H,
     }
 }
 
-impl<F: Future, R: Clone, H: Deref<Target = DeadLetterShared<R>>> Lettering<F, R, H> {
-    /// Starts one call of `request` through `call`, keeping a clone of the request for its dead letter
-    /// (none when dead letters are disabled).
-    pub(crate) fn start(shared: H, request: R, call: impl FnOnce(R) -> F) -> Self {
+impl<F, R, H, K> Lettering<F, R, H, K>
+where
+    F: Future,
+    R: Clone,
+    H: Deref<Target = DeadLetterShared<R>>,
+    K: Borrow<R>,
+{
+    /// Starts one call through `call` with a clone of `request`, keeping `request` for its dead letter
+    /// (dropping it when dead letters are disabled).
+    pub(crate) fn start(shared: H, request: K, call: impl FnOnce(R) -> F) -> Self {
+        let future = call(request.borrow().clone());
         if !shared.config.enabled {
             return Lettering {
-                state: State::Passthrough {
-                    future: call(request),
-                },
+                state: State::Passthrough { future },
                 request: None,
                 shared,
             };
         }
-        let kept = request.clone();
         Lettering {
-            state: State::Running {
-                future: call(request),
-            },
-            request: Some(kept),
+            state: State::Running { future },
+            request: Some(request),
             shared,
         }
     }
@@ -149,12 +155,13 @@ impl<R> DeadLetterShared<R> {
     }
 }
 
-impl<F, R, H, T, E> Future for Lettering<F, R, H>
+impl<F, R, H, K, T, E> Future for Lettering<F, R, H, K>
 where
-    R: 'static,
+    R: Clone + 'static,
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     H: Deref<Target = DeadLetterShared<R>>,
+    K: Borrow<R>,
 {
     type Output = Result<T, Error>;
 
@@ -189,7 +196,7 @@ where
                     let now = SystemTime::now();
                     let attempts = record.attempts.max(1);
                     let letter = DeadLetter {
-                        request,
+                        request: request.borrow().clone(),
                         error: error.clone(),
                         listener: shared.name.clone(),
                         attempts,

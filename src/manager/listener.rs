@@ -291,7 +291,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // settings for the event instead of holding references (and the boxed stack future stays small).
         let outcome = {
             let future = Recording::per_event(&*self.metrics, || {
-                Lettering::start(&*self.dead_letters, event.clone(), |event| {
+                Lettering::start(&*self.dead_letters, &event, |event| {
                     Lease::new(&*self.stack, event)
                 })
             });
