@@ -224,8 +224,8 @@ impl<R> DeadLetterLayer<R> {
 
 impl<R> DeadLetterLayer<R> {
     /// What its services share: the manager runs the dead-letter step itself with it.
-    pub(crate) fn shared(&self) -> Shared<DeadLetterShared<R>> {
-        self.shared.clone()
+    pub(crate) fn shared(&self) -> Arc<DeadLetterShared<R>> {
+        self.shared.arc().clone()
     }
 }
 

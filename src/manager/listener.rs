@@ -21,10 +21,9 @@ use crate::dead_letter::{
     DeadLetterReason, DeadLetterShared, DeadLetterSink, Lettering,
 };
 use crate::limit::ConcurrencyLimitLayer;
-use crate::metrics::{shard_count, thread_shard};
-use crate::metrics::{ListenerMetrics, MetricsLayer, Recording};
+use crate::metrics::{shard_count, thread_shard, ListenerMetrics, MetricsLayer, Recording};
 use crate::retry::RetryLayer;
-use crate::shared::{Handle, Shared};
+use crate::shared::Handle;
 use crate::timeout::TimeoutLayer;
 use crate::{Error, Event};
 
@@ -154,14 +153,14 @@ impl InFlight {
 /// The state of a registered listener.
 pub(crate) struct ManagedListener<T> {
     pub(crate) id: String,
-    pub(crate) metrics: Shared<ListenerMetrics>,
+    pub(crate) metrics: Arc<ListenerMetrics>,
     pub(crate) breaker: CircuitBreakerHandle,
     pub(crate) health: HealthThresholds,
     /// The attempts of an event: retry → breaker → limit → timeout → metrics → panic catcher → handler.
     /// [`run`](Self::run) wraps it in the per-event layers (metrics → dead letter); redrive uses it bare.
     stack: Box<dyn EventStack<T>>,
     /// The dead-letter layer's settings and sink (always a sink: the listener's own queue by default).
-    dead_letters: Shared<DeadLetterShared<Event<T>>>,
+    dead_letters: Arc<DeadLetterShared<Event<T>>>,
     /// The listener's own queue when no sink was configured.
     pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
     pub(crate) in_flight: InFlight,
@@ -230,7 +229,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             .service(handler);
         Ok(ManagedListener {
             id: listener.id,
-            metrics: Shared::new(metrics),
+            metrics,
             breaker: handle,
             health: config.health,
             stack: Box::new(Stack::new(attempts)),
@@ -347,7 +346,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // The letter is counted by a task of its own, so the count is right even when the caller that is
         // shutting this event down is itself cancelled meanwhile; the sink's future runs in a nested task
         // so that a panic in it is caught too.
-        let metrics = self.metrics.arc().clone();
+        let metrics = self.metrics.clone();
         let id = self.id.clone();
         let counted = tokio::spawn(
             async move {

@@ -250,7 +250,7 @@ impl<T> ListenerManager<T> {
     /// # Errors
     /// [`Error::NotFound`] for an unknown id.
     pub fn listener_metrics(&self, id: &str) -> Result<Arc<ListenerMetrics>, Error> {
-        Ok(self.get(id)?.metrics.arc().clone())
+        Ok(self.get(id)?.metrics.clone())
     }
 
     /// The handle to one listener's circuit breaker (for `force_open`, `reset`, …).
