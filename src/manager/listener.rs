@@ -2,10 +2,15 @@
 //! stack, its metrics and breaker, and the bookkeeping that lets `stop` and `unregister` wait for and
 //! cancel in-flight events without losing one.
 
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tower::util::{MapResponseLayer, ServiceFn};
 use tower::{BoxError, Service, ServiceBuilder};
@@ -294,21 +299,13 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                     Lease::new(&*self.stack, event)
                 })
             });
-            tokio::pin!(future);
-            let cancelled = async {
-                loop {
-                    let notified = self.cancelled.notified();
-                    if self.is_cancelled(run) {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
-            tokio::select! {
-                biased;
-                result = &mut future => Some(result),
-                () = cancelled => None,
+            UntilCancelled {
+                future,
+                notified: None,
+                listener: self,
+                run,
             }
+            .await
         };
         match outcome {
             Some(result) => {
@@ -393,6 +390,45 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         };
         if let Err(e) = flushed {
             tracing::error!(target: "tower_listener::dead_letter", listener = %self.id, error = %e, "dead-letter sink failed to flush");
+        }
+    }
+}
+
+pin_project! {
+    /// An event's future that ends early, with `None`, once a shutdown cancels the run the event was accepted
+    /// in. The event's own future is polled first; the cancellation is watched only while it is pending.
+    struct UntilCancelled<'a, F, T> {
+        #[pin]
+        future: F,
+        #[pin]
+        notified: Option<Notified<'a>>,
+        listener: &'a ManagedListener<T>,
+        run: u64,
+    }
+}
+
+impl<F: Future, T> Future for UntilCancelled<'_, F, T> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        loop {
+            let Some(notified) = this.notified.as_mut().as_pin_mut() else {
+                // A `Notified` receives `notify_waiters` from its creation on, so a cancellation after
+                // the check below wakes this task.
+                this.notified.set(Some(this.listener.cancelled.notified()));
+                continue;
+            };
+            if this.listener.is_cancelled(*this.run) {
+                return Poll::Ready(None);
+            }
+            match notified.poll(cx) {
+                Poll::Ready(()) => this.notified.set(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
