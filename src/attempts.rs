@@ -45,6 +45,7 @@ pub(crate) fn finished(attempts: u32, first_failure: SystemTime, stop: RetryStop
 
 /// Takes the record handed over since the last call (none when no retry layer gave up meanwhile). The
 /// dead-letter future calls it before polling its inner future (dropping anything stale) and after.
+#[inline]
 pub(crate) fn take() -> Option<AttemptRecord> {
     FINISHED.take()
 }

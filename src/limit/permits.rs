@@ -49,6 +49,7 @@ impl Permits {
 
 impl Shared<Permits> {
     /// Takes a permit if one is free.
+    #[inline]
     pub(crate) fn try_acquire(&self) -> Option<Permit> {
         let mut in_use = self.in_use.load(Ordering::SeqCst);
         loop {

@@ -114,6 +114,7 @@ impl Default for InFlight {
 impl InFlight {
     /// Counts an event on this thread's shard; returns the shard, for [`exit`](Self::exit). SeqCst: see
     /// `Accepted::new`.
+    #[inline]
     fn enter(&self) -> usize {
         let shard = thread_shard(self.counts.len());
         self.counts[shard].0.fetch_add(1, Ordering::SeqCst);
@@ -121,6 +122,7 @@ impl InFlight {
     }
 
     /// Uncounts an event counted on `shard`, waking `wait_idle` if anyone waits.
+    #[inline]
     fn exit(&self, shard: usize) {
         self.counts[shard].0.fetch_sub(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {

@@ -251,6 +251,7 @@ impl ListenerMetrics {
     }
 
     /// This thread's counters.
+    #[inline]
     fn mine(&self) -> &Counts {
         &self.counts[thread_shard(self.counts.len())]
     }
@@ -262,11 +263,13 @@ impl ListenerMetrics {
         })
     }
 
+    #[inline]
     pub(crate) fn event_started(&self) {
         self.mine().in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event reached its final outcome.
+    #[inline]
     pub(crate) fn event_finished(&self, success: bool, latency: Duration) {
         self.event_latency.record(latency);
         let counts = self.mine();
@@ -291,6 +294,7 @@ impl ListenerMetrics {
     }
 
     /// An attempt ran to an outcome at `now`, `latency` after it started.
+    #[inline]
     pub(crate) fn attempt_finished(&self, success: bool, latency: Duration, now: Instant) {
         self.attempt_latency.record(latency);
         let counts = self.mine();
