@@ -6,8 +6,9 @@
 //! from every thread, and that cache line (with the fields stored next to the count) moves between
 //! cores on every event: it is what kept two threads from scaling. A [`Shared`] keeps, next to the
 //! `Arc<T>` its service reads, one anchor per thread shard, each an `Arc` of its own on its own cache
-//! lines; a future takes a [`Handle`] on its thread's anchor. The anchors are made once, when the layer
-//! wraps a service; cloning a service clones two `Arc`s and allocates nothing.
+//! lines; a future takes a [`Handle`] on its thread's anchor. The anchors are made with the layer (the
+//! retry layer's, which hold the wrapped service, when it wraps one); cloning a service clones two `Arc`s
+//! and allocates nothing.
 
 use std::fmt;
 use std::ops::Deref;

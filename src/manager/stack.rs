@@ -5,9 +5,10 @@
 //! `Pin<Box<dyn …>>`. Instead of allocating (and freeing) one per event, each listener keeps per-thread
 //! shards, each holding a ready clone of the stack and a free list of boxes that already fit its future:
 //! an event takes the shard of its thread (an uncontended `try_lock`), calls the shard's service straight
-//! into a recycled box (the future is built in place, not moved in), and gives the box back (emptied: the future and everything it held are
-//! dropped at once) when the event ends or is cancelled. When the shard is busy or the handler is not
-//! ready at once, the event falls back to a clone of the stack and a fresh box.
+//! into a recycled box (its future is written there, not moved in), and gives the box back (emptied: the
+//! future and everything it held are dropped at once) when the event ends or is cancelled. When the shard
+//! is busy or the handler is not ready at once, the event falls back to a clone of the stack and a fresh
+//! box.
 
 use std::any::Any;
 use std::future::Future;
