@@ -5,11 +5,12 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{handler, settle, Call};
+use support::{handler, settle, BoxFut, Call, Probe};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_listener::circuit::CircuitBreaker;
 use tower_listener::{
-    CallOutcome, CircuitBreakerLayer, CircuitConfig, CircuitState, ConcurrencyConfig,
-    ConcurrencyLimitLayer, Error, LimitMode,
+    CallOutcome, CircuitBreakerHandle, CircuitBreakerLayer, CircuitConfig, CircuitState,
+    ConcurrencyConfig, ConcurrencyLimitLayer, Error, LimitMode,
 };
 
 fn config(failures: u32) -> CircuitConfig {
@@ -22,6 +23,22 @@ fn config(failures: u32) -> CircuitConfig {
     }
 }
 
+/// A breaker with `config` around a fresh scripted handler: the breaker's handle, the guarded service, and
+/// the handler's probe.
+fn guarded(
+    config: CircuitConfig,
+) -> (
+    CircuitBreakerHandle,
+    CircuitBreaker<
+        impl Service<Call, Response = &'static str, Error = Error, Future = BoxFut> + Clone + Send,
+    >,
+    Probe,
+) {
+    let layer = CircuitBreakerLayer::new(config).unwrap();
+    let (inner, probe) = handler();
+    (layer.handle(), layer.layer_service(inner), probe)
+}
+
 async fn send<S>(svc: &mut S, call: Call) -> Result<&'static str, Error>
 where
     S: Service<Call, Response = &'static str, Error = Error>,
@@ -31,10 +48,7 @@ where
 
 #[tokio::test(start_paused = true)]
 async fn opens_at_exactly_failure_threshold_failures_inside_the_window() {
-    let layer = CircuitBreakerLayer::new(config(5)).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, probe) = guarded(config(5));
     for i in 0..4 {
         assert!(matches!(
             send(&mut svc, Call::Fail).await,
@@ -55,10 +69,7 @@ async fn opens_at_exactly_failure_threshold_failures_inside_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn does_not_open_when_failures_are_spread_wider_than_the_window() {
-    let layer = CircuitBreakerLayer::new(config(5)).unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, _) = guarded(config(5));
     // One failure every 3 s against a 10 s window: at most 4 are ever inside it.
     for _ in 0..20 {
         let _ = send(&mut svc, Call::Fail).await;
@@ -69,10 +80,7 @@ async fn does_not_open_when_failures_are_spread_wider_than_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn w_failures_in_a_row_after_1000_successes_open_the_breaker() {
-    let layer = CircuitBreakerLayer::new(config(5)).unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, _) = guarded(config(5));
     for _ in 0..1_000 {
         send(&mut svc, Call::Ok).await.unwrap();
     }
@@ -101,10 +109,7 @@ async fn rejects_while_open_without_calling_the_inner_service() {
 
 #[tokio::test(start_paused = true)]
 async fn the_first_call_after_the_timeout_is_admitted_as_a_probe() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, probe) = guarded(config(1));
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::advance(Duration::from_millis(29_999)).await;
     assert!(
@@ -144,14 +149,10 @@ async fn only_half_open_max_calls_probes_run_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn closes_after_success_threshold_consecutive_probe_successes() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, mut svc, _) = guarded(CircuitConfig {
         success_threshold: 3,
         ..config(1)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    });
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::advance(Duration::from_secs(30)).await;
     for _ in 0..2 {
@@ -168,15 +169,11 @@ async fn closes_after_success_threshold_consecutive_probe_successes() {
 
 #[tokio::test(start_paused = true)]
 async fn the_window_is_cleared_when_the_breaker_closes() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, mut svc, _) = guarded(CircuitConfig {
         success_threshold: 1,
         sliding_window: Duration::from_secs(600),
         ..config(3)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    });
     for _ in 0..3 {
         let _ = send(&mut svc, Call::Fail).await;
     }
@@ -193,10 +190,7 @@ async fn the_window_is_cleared_when_the_breaker_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_failure_reopens_with_a_fresh_timeout() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, probe) = guarded(config(1));
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::advance(Duration::from_secs(30)).await;
     send(&mut svc, Call::Ok).await.unwrap();
@@ -218,10 +212,7 @@ async fn a_probe_failure_reopens_with_a_fresh_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_frees_its_slot() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let svc = layer.layer_service(inner);
+    let (handle, svc, probe) = guarded(config(1));
     let _ = svc.clone().oneshot(Call::Fail).await;
     tokio::time::advance(Duration::from_secs(30)).await;
     let probe_task = tokio::spawn(svc.clone().oneshot(Call::Hang));
@@ -242,10 +233,7 @@ async fn a_dropped_probe_frees_its_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_from_before_a_transition_is_ignored() {
-    let layer = CircuitBreakerLayer::new(config(2)).unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let svc = layer.layer_service(inner);
+    let (handle, svc, _) = guarded(config(2));
     // A slow failing call starts while closed...
     let slow = tokio::spawn(svc.clone().oneshot(Call::SlowFail(Duration::from_secs(5))));
     settle().await;
@@ -263,15 +251,11 @@ async fn a_result_from_before_a_transition_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_probe_result_does_not_close_a_reopened_breaker() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, svc, _) = guarded(CircuitConfig {
         success_threshold: 1,
         half_open_max_calls: 2,
         ..config(1)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let svc = layer.layer_service(inner);
+    });
     let _ = svc.clone().oneshot(Call::Fail).await;
     tokio::time::advance(Duration::from_secs(30)).await;
     let slow_probe = tokio::spawn(svc.clone().oneshot(Call::Slow(Duration::from_secs(2))));
@@ -285,10 +269,7 @@ async fn a_stale_probe_result_does_not_close_a_reopened_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn reading_the_state_never_changes_it() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, _) = guarded(config(1));
     let _ = send(&mut svc, Call::Fail).await;
     tokio::time::advance(Duration::from_secs(60)).await;
     for _ in 0..10 {
@@ -300,10 +281,7 @@ async fn reading_the_state_never_changes_it() {
 
 #[tokio::test(start_paused = true)]
 async fn force_open_force_closed_and_reset_work() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, probe) = guarded(config(1));
     handle.force_open();
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert!(matches!(
@@ -325,15 +303,11 @@ async fn force_open_force_closed_and_reset_work() {
 
 #[tokio::test(start_paused = true)]
 async fn failure_rate_mode_honours_minimum_calls() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, mut svc, _) = guarded(CircuitConfig {
         failure_rate_threshold: Some(0.5),
         minimum_calls: 10,
         ..config(1)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    });
     // 9 calls, all failures: 100 % but under minimum_calls.
     for _ in 0..9 {
         let _ = send(&mut svc, Call::Fail).await;
@@ -343,15 +317,11 @@ async fn failure_rate_mode_honours_minimum_calls() {
     assert_eq!(handle.state(), CircuitState::Open);
 
     // A ratio under the threshold never opens.
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, mut svc, _) = guarded(CircuitConfig {
         failure_rate_threshold: Some(0.5),
         minimum_calls: 10,
         ..config(1)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    });
     for i in 0..100 {
         let call = if i % 3 == 0 { Call::Fail } else { Call::Ok };
         let _ = send(&mut svc, call).await;
@@ -361,10 +331,7 @@ async fn failure_rate_mode_honours_minimum_calls() {
 
 #[tokio::test(start_paused = true)]
 async fn overloaded_from_an_inner_limit_is_not_a_failure() {
-    let layer = CircuitBreakerLayer::new(config(1)).unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, _) = guarded(config(1));
     for _ in 0..10 {
         assert!(matches!(
             send(&mut svc, Call::Overloaded).await,
@@ -398,14 +365,10 @@ async fn a_rejection_returns_at_once_while_the_inner_limit_is_saturated() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_calls_count_as_failures() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig {
+    let (handle, mut svc, _) = guarded(CircuitConfig {
         slow_call_threshold: Some(Duration::from_millis(100)),
         ..config(2)
-    })
-    .unwrap();
-    let handle = layer.handle();
-    let (inner, _) = handler();
-    let mut svc = layer.layer_service(inner);
+    });
     send(&mut svc, Call::Slow(Duration::from_millis(50)))
         .await
         .unwrap();
@@ -480,10 +443,7 @@ async fn open_jitter_spreads_the_open_time_within_its_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn a_disabled_breaker_lets_everything_through() {
-    let layer = CircuitBreakerLayer::new(CircuitConfig::disabled()).unwrap();
-    let handle = layer.handle();
-    let (inner, probe) = handler();
-    let mut svc = layer.layer_service(inner);
+    let (handle, mut svc, probe) = guarded(CircuitConfig::disabled());
     for _ in 0..20 {
         let _ = send(&mut svc, Call::Fail).await;
     }
