@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::events::{event, scripted};
+use support::events::{event, opens_after, scripted};
 use support::settle;
 use tower_listener::{
     Backoff, CircuitConfig, DeadLetterConfig, DeadLetterReason, Error, HealthStatus,
@@ -94,18 +94,7 @@ async fn a_failing_listener_is_retried() {
 async fn a_breaker_opens_after_its_threshold_and_health_reports_circuit_open() {
     let m = manager();
     let (a, calls) = scripted("a");
-    m.register(
-        a,
-        ListenerConfig {
-            retry_policy: RetryPolicy::never(),
-            circuit: CircuitConfig {
-                failure_threshold: 3,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    m.register(a, opens_after(3)).unwrap();
     m.start().await.unwrap();
     for i in 0..3 {
         assert!(m
@@ -448,18 +437,7 @@ async fn process_with_every_slot_busy_still_returns_the_handlers_real_outcome() 
 async fn reading_health_never_changes_a_breaker() {
     let m = manager();
     let (a, _) = scripted("a");
-    m.register(
-        a,
-        ListenerConfig {
-            retry_policy: RetryPolicy::never(),
-            circuit: CircuitConfig {
-                failure_threshold: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    m.register(a, opens_after(1)).unwrap();
     m.start().await.unwrap();
     let _ = m.process("a", event("e", "fail", 0)).await;
     tokio::time::advance(Duration::from_secs(120)).await;

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::events::{event, scripted};
+use support::events::{event, opens_after, scripted};
 use tower_listener::{
     CircuitConfig, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy, Stats,
 };
@@ -28,18 +28,7 @@ async fn counters_match_a_scripted_run_and_the_manager_is_the_sum_of_its_listene
         },
     )
     .unwrap();
-    m.register(
-        payments,
-        ListenerConfig {
-            retry_policy: RetryPolicy::never(),
-            circuit: CircuitConfig {
-                failure_threshold: 2,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    m.register(payments, opens_after(2)).unwrap();
     m.start().await.unwrap();
 
     // orders: 4 ok, 1 flaky (1 retry then ok), 1 always failing (2 retries), 1 hanging (3 timeouts).

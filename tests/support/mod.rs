@@ -121,7 +121,7 @@ pub mod events {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tower_listener::{Error, Event, Listener};
+    use tower_listener::{CircuitConfig, Error, Event, Listener, ListenerConfig, RetryPolicy};
 
     use super::ScriptedFailure;
 
@@ -129,6 +129,18 @@ pub mod events {
     /// "flaky" (fails the first `data` attempts of this event id, then succeeds).
     pub fn event(id: impl Into<String>, kind: &str, data: u64) -> Event {
         Event::new(id, kind, serde_json::json!(data))
+    }
+
+    /// A listener's config without retries, whose breaker opens after `failures` failures.
+    pub fn opens_after(failures: u32) -> ListenerConfig {
+        ListenerConfig {
+            retry_policy: RetryPolicy::never(),
+            circuit: CircuitConfig {
+                failure_threshold: failures,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     pub type Fut = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
