@@ -182,14 +182,7 @@ impl Breaker {
     pub(crate) fn classify_response(&self, response: &dyn std::any::Any) -> CallOutcome {
         match &self.config.response_classifier {
             None => CallOutcome::Success,
-            Some(classify) => match catch_unwind(AssertUnwindSafe(|| classify(response))) {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    self.user_code_panicked();
-                    tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "circuit breaker response classifier panicked; counting a failure");
-                    CallOutcome::Failure
-                }
-            },
+            Some(classify) => self.classified("response classifier", || classify(response)),
         }
     }
 
@@ -201,16 +194,18 @@ impl Breaker {
     /// How `error` counts.
     pub(crate) fn classify(&self, error: &Error) -> CallOutcome {
         match &self.config.classifier {
-            Some(classify) => match catch_unwind(AssertUnwindSafe(|| classify(error))) {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    self.user_code_panicked();
-                    tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "circuit breaker classifier panicked; counting the error as a failure");
-                    CallOutcome::Failure
-                }
-            },
+            Some(classify) => self.classified("classifier", || classify(error)),
             None => CircuitConfig::default_classifier(error),
         }
+    }
+
+    /// Runs a user's classifier; one that panics is counted and logged, and its call counts as a failure.
+    fn classified(&self, which: &str, classify: impl FnOnce() -> CallOutcome) -> CallOutcome {
+        catch_unwind(AssertUnwindSafe(classify)).unwrap_or_else(|_| {
+            self.user_code_panicked();
+            tracing::error!(target: "tower_listener::circuit", breaker = %self.name, "circuit breaker {which} panicked; counting a failure");
+            CallOutcome::Failure
+        })
     }
 
     /// Reports the outcome of an admitted call. Inlined for its usual answer: a success in count mode
