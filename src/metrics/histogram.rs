@@ -99,7 +99,7 @@ thread_local! {
 
 /// A small number that differs between threads (assigned in order of first use): picks a thread's shard.
 #[inline]
-pub(crate) fn thread_index() -> usize {
+fn thread_index() -> usize {
     match THREAD_INDEX.get() {
         usize::MAX => assign_thread_index(),
         assigned => assigned,
