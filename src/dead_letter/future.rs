@@ -92,6 +92,7 @@ where
 {
     /// Starts one call through `call` with a clone of `request`, keeping `request` for its dead letter
     /// (dropping it when dead letters are disabled).
+    #[inline]
     pub(crate) fn start(shared: H, request: K, call: impl FnOnce(R) -> F) -> Self {
         let future = call(request.borrow().clone());
         if !shared.config.enabled {

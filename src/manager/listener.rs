@@ -446,6 +446,7 @@ impl<T> Accepted<T> {
     /// Counts an event as in flight on `listener`. The increment is SeqCst and happens before the caller
     /// checks that the manager is running (also SeqCst), while `stop` clears that flag before it reads the
     /// count: so either the caller sees "not running" and backs out, or `stop` sees this event and waits.
+    #[inline]
     pub(crate) fn new(listener: Handle<ManagedListener<T>>) -> Self {
         let shard = listener.in_flight.enter();
         let run = listener.run.load(Ordering::SeqCst);

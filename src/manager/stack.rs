@@ -233,6 +233,7 @@ pub(crate) struct Lease<'a, T> {
 }
 
 impl<'a, T> Lease<'a, T> {
+    #[inline]
     pub(crate) fn new(stack: &'a dyn EventStack<T>, event: Event<T>) -> Self {
         Lease {
             slot: Some(stack.start(event)),

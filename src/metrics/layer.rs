@@ -184,6 +184,7 @@ pin_project! {
 impl<F, M: Deref<Target = ListenerMetrics>> Recording<F, M> {
     /// Starts one event: counts it, reads the clock, and makes the inner call with that reading lent to a
     /// per-attempt layer inside.
+    #[inline]
     pub(crate) fn per_event(metrics: M, call: impl FnOnce() -> F) -> Self {
         metrics.event_started();
         let started = clock::now();
