@@ -14,7 +14,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tower::util::{MapResponseLayer, ServiceFn};
 use tower::{BoxError, Service, ServiceBuilder};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::config::{ListenerConfig, ManagerConfig};
 use super::health::{HealthStatus, HealthThresholds};
@@ -275,8 +275,9 @@ impl<T> ManagedListener<T> {
 }
 
 impl<T: Send + Sync + 'static> ManagedListener<T> {
-    /// Runs one accepted event through the full stack. If the listener's run is cancelled (a shutdown past
-    /// its deadline) first, the event is dropped from the stack and dead-lettered with reason `Shutdown`.
+    /// Runs one accepted event through the full stack, inside the event's span. If the listener's run is
+    /// cancelled (a shutdown past its deadline) first, the event is dropped from the stack and
+    /// dead-lettered with reason `Shutdown`.
     pub(crate) async fn run(&self, event: Event<T>, run: u64) -> Result<(), Error> {
         let span = tracing::info_span!(
             target: "tower_listener::event",
@@ -285,20 +286,20 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             event.id = event.id(),
             "event.type" = event.event_type(),
         );
-        self.run_in_span(event, run).instrument(span).await
-    }
-
-    async fn run_in_span(&self, event: Event<T>, run: u64) -> Result<(), Error> {
         if self.is_cancelled(run) {
-            return Err(self.shut_down(event).await);
+            return Err(self.shut_down(event).instrument(span).await);
         }
         // The per-event layers (metrics, then dead letter) around the listener's stack: what the futures of
         // `MetricsLayer::per_event` and `DeadLetterLayer` do, borrowing this listener's metrics and
         // settings for the event instead of holding references (and the boxed stack future stays small).
+        // The span is entered around the call and each poll by `UntilCancelled` itself, not by a
+        // `tracing::Instrumented` around a second async fn: that wrapping cost ~5 % of an event.
         let outcome = {
-            let future = Recording::per_event(&*self.metrics, || {
-                Lettering::start(&*self.dead_letters, &event, |event| {
-                    Lease::new(&*self.stack, event)
+            let future = span.in_scope(|| {
+                Recording::per_event(&*self.metrics, || {
+                    Lettering::start(&*self.dead_letters, &event, |event| {
+                        Lease::new(&*self.stack, event)
+                    })
                 })
             });
             UntilCancelled {
@@ -306,6 +307,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 notified: None,
                 listener: self,
                 run,
+                span: &span,
             }
             .await
         };
@@ -313,13 +315,13 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             Some(result) => {
                 if let Err(error) = &result {
                     if !self.dead_letters.config.enabled {
-                        tracing::warn!(target: "tower_listener::manager", listener = %self.id, error = %error, "event failed; dead letters are disabled for this listener");
+                        span.in_scope(|| tracing::warn!(target: "tower_listener::manager", listener = %self.id, error = %error, "event failed; dead letters are disabled for this listener"));
                     }
                 }
                 result
             }
             // The stack's future is dropped by now (it lived in the block above).
-            None => Err(self.shut_down(event).await),
+            None => Err(self.shut_down(event).instrument(span).await),
         }
     }
 
@@ -406,6 +408,8 @@ pin_project! {
         notified: Option<Notified<'a>>,
         listener: &'a ManagedListener<T>,
         run: u64,
+        // The event's span, entered around each poll of the event's future.
+        span: &'a Span,
     }
 }
 
@@ -414,7 +418,7 @@ impl<F: Future, T> Future for UntilCancelled<'_, F, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(output) = this.future.poll(cx) {
+        if let Poll::Ready(output) = this.span.in_scope(|| this.future.poll(cx)) {
             return Poll::Ready(Some(output));
         }
         loop {
