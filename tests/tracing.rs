@@ -1,6 +1,6 @@
 //! Tracing (issue 6): one span per event with `listener`, `event.id` and `event.type`; attempts, retries and
-//! dead letters as events inside it; breaker transitions as events; all with stable field names. Checked
-//! with a capturing subscriber.
+//! dead letters as events inside it, and the handler's own events too; breaker transitions as events; all
+//! with stable field names. Checked with a capturing subscriber.
 
 mod support;
 
@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::events::{event, scripted};
-use tower_listener::{CircuitConfig, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy};
+use tower_listener::{
+    listener_fn, CircuitConfig, Event, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy,
+};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::Subscriber;
@@ -163,5 +165,52 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
             transitions[0].fields["to"].as_str()
         ),
         ("closed", "open")
+    );
+}
+
+#[test]
+fn a_handlers_own_events_are_inside_its_event_span_before_and_after_it_waits() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+            m.register(
+                listener_fn("audit", |_: Event| async {
+                    tracing::info!(target: "handler", step = "before", "handling");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tracing::info!(target: "handler", step = "after", "handled");
+                    Ok::<_, std::io::Error>(())
+                }),
+                ListenerConfig::default(),
+            )
+            .unwrap();
+            m.start().await.unwrap();
+            m.process("audit", event("e7", "audit", 0)).await.unwrap();
+            m.stop(Duration::from_secs(1)).await.unwrap();
+        });
+    });
+
+    let events = capture.events.lock().unwrap();
+    let steps: Vec<_> = events
+        .iter()
+        .filter(|e| e.target == "handler")
+        .map(|e| {
+            let span_event = e.span.as_ref().and_then(|s| s.get("event.id")).cloned();
+            (e.fields["step"].clone(), span_event)
+        })
+        .collect();
+    let in_e7 = Some("e7".to_owned());
+    assert_eq!(
+        steps,
+        vec![
+            ("before".to_owned(), in_e7.clone()),
+            ("after".to_owned(), in_e7)
+        ]
     );
 }
