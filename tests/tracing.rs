@@ -76,39 +76,45 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 }
 
-#[test]
-fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
+/// Runs `body` on a paused current-thread runtime with a capturing subscriber; returns what it captured.
+fn captured(body: impl std::future::Future<Output = ()>) -> Capture {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
-            .unwrap();
-        rt.block_on(async {
-            let m = ListenerManager::new(ManagerConfig::default()).unwrap();
-            let (orders, _) = scripted("orders");
-            m.register(
-                orders,
-                ListenerConfig {
-                    retry_policy: RetryPolicy {
-                        max_retries: 2,
-                        initial_delay: Duration::from_millis(10),
-                        ..Default::default()
-                    },
-                    circuit: CircuitConfig {
-                        failure_threshold: 3,
-                        ..Default::default()
-                    },
+            .unwrap()
+            .block_on(body)
+    });
+    capture
+}
+
+#[test]
+fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
+    let capture = captured(async {
+        let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+        let (orders, _) = scripted("orders");
+        m.register(
+            orders,
+            ListenerConfig {
+                retry_policy: RetryPolicy {
+                    max_retries: 2,
+                    initial_delay: Duration::from_millis(10),
                     ..Default::default()
                 },
-            )
-            .unwrap();
-            m.start().await.unwrap();
-            let _ = m.process("orders", event("e1", "fail", 0)).await;
-            m.stop(Duration::from_secs(1)).await.unwrap();
-        });
+                circuit: CircuitConfig {
+                    failure_threshold: 3,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.start().await.unwrap();
+        let _ = m.process("orders", event("e1", "fail", 0)).await;
+        m.stop(Duration::from_secs(1)).await.unwrap();
     });
 
     let spans = capture.spans.lock().unwrap();
@@ -170,30 +176,21 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
 
 #[test]
 fn a_handlers_own_events_are_inside_its_event_span_before_and_after_it_waits() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    tracing::subscriber::with_default(subscriber, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let m = ListenerManager::new(ManagerConfig::default()).unwrap();
-            m.register(
-                listener_fn("audit", |_: Event| async {
-                    tracing::info!(target: "handler", step = "before", "handling");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    tracing::info!(target: "handler", step = "after", "handled");
-                    Ok::<_, std::io::Error>(())
-                }),
-                ListenerConfig::default(),
-            )
-            .unwrap();
-            m.start().await.unwrap();
-            m.process("audit", event("e7", "audit", 0)).await.unwrap();
-            m.stop(Duration::from_secs(1)).await.unwrap();
-        });
+    let capture = captured(async {
+        let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+        m.register(
+            listener_fn("audit", |_: Event| async {
+                tracing::info!(target: "handler", step = "before", "handling");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                tracing::info!(target: "handler", step = "after", "handled");
+                Ok::<_, std::io::Error>(())
+            }),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+        m.start().await.unwrap();
+        m.process("audit", event("e7", "audit", 0)).await.unwrap();
+        m.stop(Duration::from_secs(1)).await.unwrap();
     });
 
     let events = capture.events.lock().unwrap();
