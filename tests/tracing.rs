@@ -193,15 +193,7 @@ fn a_handlers_own_events_are_inside_its_event_span_before_and_after_it_waits() {
         m.stop(Duration::from_secs(1)).await.unwrap();
     });
 
-    let events = capture.events.lock().unwrap();
-    let steps: Vec<_> = events
-        .iter()
-        .filter(|e| e.target == "handler")
-        .map(|e| {
-            let span_event = e.span.as_ref().and_then(|s| s.get("event.id")).cloned();
-            (e.fields["step"].clone(), span_event)
-        })
-        .collect();
+    let steps = handler_steps(&capture);
     let in_e7 = Some("e7".to_owned());
     assert_eq!(
         steps,
@@ -210,4 +202,54 @@ fn a_handlers_own_events_are_inside_its_event_span_before_and_after_it_waits() {
             ("after".to_owned(), in_e7)
         ]
     );
+}
+
+#[test]
+fn a_cancelled_handler_is_dropped_inside_its_event_span() {
+    struct LogsWhenDropped;
+    impl Drop for LogsWhenDropped {
+        fn drop(&mut self) {
+            tracing::info!(target: "handler", step = "dropped", "handler dropped");
+        }
+    }
+    let capture = captured(async {
+        let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+        m.register(
+            listener_fn("audit", |_: Event| async {
+                let _guard = LogsWhenDropped;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, std::io::Error>(())
+            }),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+        m.start().await.unwrap();
+        // The caller gives up after a second: dropping `process` cancels the event.
+        let processing = m.process("audit", event("e8", "audit", 0));
+        assert!(tokio::time::timeout(Duration::from_secs(1), processing)
+            .await
+            .is_err());
+        m.stop(Duration::from_secs(1)).await.unwrap();
+    });
+
+    assert_eq!(
+        handler_steps(&capture),
+        vec![("dropped".to_owned(), Some("e8".to_owned()))]
+    );
+}
+
+/// The `step` of each event the test handlers logged (target `handler`), with the `event.id` of the span
+/// it was logged in.
+fn handler_steps(capture: &Capture) -> Vec<(String, Option<String>)> {
+    capture
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.target == "handler")
+        .map(|e| {
+            let span_event = e.span.as_ref().and_then(|s| s.get("event.id")).cloned();
+            (e.fields["step"].clone(), span_event)
+        })
+        .collect()
 }
