@@ -6,7 +6,7 @@
 //! once and stores it in every shard. (It was one `arc_swap::ArcSwap`: no lock, but ~100 instructions and
 //! two atomics on a debt list per read.)
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use rustc_hash::FxHashMap;
 
@@ -39,24 +39,25 @@ impl<T> Registry<T> {
         }
     }
 
-    /// A handle to listener `id`, if registered.
+    /// This thread's copy of the map, read-locked.
     #[inline]
-    pub(crate) fn get(&self, id: &str) -> Option<Handle<ManagedListener<T>>> {
+    fn read(&self) -> RwLockReadGuard<'_, Arc<Listeners<T>>> {
         // A writer never panics while it holds the lock, so a poisoned lock still holds a whole map.
-        let listeners = self.shards[thread_shard(self.shards.len())]
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        listeners.get(id).map(Shared::handle)
-    }
-
-    /// The current map.
-    pub(crate) fn current(&self) -> Arc<Listeners<T>> {
         self.shards[thread_shard(self.shards.len())]
             .0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    }
+
+    /// A handle to listener `id`, if registered.
+    #[inline]
+    pub(crate) fn get(&self, id: &str) -> Option<Handle<ManagedListener<T>>> {
+        self.read().get(id).map(Shared::handle)
+    }
+
+    /// The current map.
+    pub(crate) fn current(&self) -> Arc<Listeners<T>> {
+        self.read().clone()
     }
 
     /// Applies `change` to a copy of the map and, if it succeeds, makes the copy current everywhere.
