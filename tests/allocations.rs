@@ -110,22 +110,33 @@ async fn an_open_breaker_rejects_without_allocating() {
     assert_eq!(per_call(&mut svc, 10_000).await, 0.0);
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn the_manager_allocates_nothing_per_processed_event() {
+/// Allocations over `n` successful `process` calls to a running manager's listener around `handler`,
+/// after `n` warm-up calls; and the manager.
+async fn per_process<S>(handler: S, n: u64) -> (u64, ListenerManager)
+where
+    S: Service<Event, Response = (), Error = Error> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let manager = ListenerManager::new(ManagerConfig::named("alloc")).unwrap();
     manager
-        .register(Listener::new("l", noop()), ListenerConfig::default())
+        .register(Listener::new("l", handler), ListenerConfig::default())
         .unwrap();
     manager.start().await.unwrap();
     let event = Event::new("e", "t", serde_json::json!(1));
-    for _ in 0..10_000 {
+    for _ in 0..n {
         manager.process("l", event.clone()).await.unwrap();
     }
     let before = allocations();
-    for _ in 0..10_000 {
+    for _ in 0..n {
         manager.process("l", event.clone()).await.unwrap();
     }
-    assert_eq!(allocations() - before, 0);
+    (allocations() - before, manager)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_manager_allocates_nothing_per_processed_event() {
+    let (allocated, manager) = per_process(noop(), 10_000).await;
+    assert_eq!(allocated, 0);
     assert_eq!(manager.stats().events_succeeded, 20_000);
 }
 
@@ -134,24 +145,11 @@ async fn a_handler_that_waits_costs_one_allocation_its_armed_timer() {
     // The one allocation off the immediate success path that every waiting handler meets: the timeout
     // boxes its timer when the attempt first waits (BENCHMARKS.md says why). Counted so that no other
     // allocation creeps in.
-    let manager = ListenerManager::new(ManagerConfig::named("alloc")).unwrap();
     let waits_once = tower::service_fn(|_: Event| async {
         tokio::task::yield_now().await;
         Ok::<(), Error>(())
     });
-    manager
-        .register(Listener::new("l", waits_once), ListenerConfig::default())
-        .unwrap();
-    manager.start().await.unwrap();
-    let event = Event::new("e", "t", serde_json::json!(1));
-    for _ in 0..1_000 {
-        manager.process("l", event.clone()).await.unwrap();
-    }
-    let before = allocations();
-    for _ in 0..1_000 {
-        manager.process("l", event.clone()).await.unwrap();
-    }
-    assert_eq!(allocations() - before, 1_000);
+    assert_eq!(per_process(waits_once, 1_000).await.0, 1_000);
 }
 
 #[test]
