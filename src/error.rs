@@ -63,6 +63,14 @@ pub enum Error {
     #[error("handler failed: {0}")]
     Handler(#[source] HandlerError),
 
+    /// The handler said the event can never succeed (it returned [`Error::permanent`] or a [`Permanent`],
+    /// or the listener's [`permanent_when`](crate::ListenerConfig::permanent_when) matched its error): it
+    /// is not retried, counts for neither the circuit breaker nor health, and is dead-lettered at once
+    /// with reason [`Permanent`](crate::DeadLetterReason::Permanent). The handler's error is the
+    /// [`source`](std::error::Error::source).
+    #[error("permanent failure: {0}")]
+    Permanent(#[source] HandlerError),
+
     /// The handler panicked; the panic message is kept.
     #[error("handler panicked: {message}")]
     Panicked {
@@ -114,6 +122,69 @@ impl Error {
         Error::Handler(HandlerError(Arc::new(err)))
     }
 
+    /// Wraps a handler's error as [`Error::Permanent`]: this event can never succeed (a malformed order, an
+    /// unknown customer), so retrying it or counting it against the dependency would only do harm.
+    ///
+    /// ```
+    /// use tower_listener::{Error, Event};
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("order total must be positive")]
+    /// struct InvalidOrder;
+    ///
+    /// async fn handle(event: Event) -> Result<(), Error> {
+    ///     if event.data()["total"].as_i64().unwrap_or(0) <= 0 {
+    ///         return Err(Error::permanent(InvalidOrder)); // never retried, dead-lettered at once
+    ///     }
+    ///     Ok(())
+    /// }
+    /// # let err = Error::permanent(InvalidOrder);
+    /// # assert!(err.is_permanent());
+    /// # assert!(err.downcast_ref::<InvalidOrder>().is_some());
+    /// ```
+    pub fn permanent<E>(err: E) -> Self
+    where
+        E: StdError + Send + Sync + 'static,
+    {
+        Error::Permanent(HandlerError(Arc::new(err)))
+    }
+
+    /// The same failure, marked permanent: a [`Handler`](Error::Handler) error becomes
+    /// [`Permanent`](Error::Permanent) with the same source; a panic or timeout becomes a permanent error
+    /// whose source is this error; a permanent error stays as it is. Rejections and manager errors are
+    /// returned unchanged (they say nothing about the event).
+    pub fn into_permanent(self) -> Self {
+        match self {
+            Error::Handler(source) => Error::Permanent(source),
+            Error::Panicked { .. } | Error::Timeout { .. } => {
+                Error::Permanent(HandlerError(Arc::new(self)))
+            }
+            other => other,
+        }
+    }
+
+    /// True for [`Error::Permanent`].
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Permanent(_))
+    }
+
+    /// The handler's own error as an `E`, when this is a [`Handler`](Error::Handler) or
+    /// [`Permanent`](Error::Permanent) error whose source is an `E`.
+    ///
+    /// ```
+    /// use tower_listener::Error;
+    ///
+    /// let err = Error::handler(std::io::Error::other("disk full"));
+    /// assert_eq!(err.downcast_ref::<std::io::Error>().unwrap().to_string(), "disk full");
+    /// assert!(err.downcast_ref::<std::fmt::Error>().is_none());
+    /// ```
+    pub fn downcast_ref<E: StdError + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Handler(source) | Error::Permanent(source) => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
     /// An [`Error::InvalidConfig`] for `field`.
     pub fn invalid_config(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidConfig {
@@ -122,9 +193,9 @@ impl Error {
         }
     }
 
-    /// Converts any boxed error into an `Error`, once: an `Error` is unwrapped, tower's `Elapsed` becomes
-    /// [`Error::Timeout`], tower's `Overloaded` becomes [`Error::Overloaded`], anything else is kept as the
-    /// source of [`Error::Handler`].
+    /// Converts any boxed error into an `Error`, once: an `Error` is unwrapped, a [`Permanent`] becomes
+    /// [`Error::Permanent`], tower's `Elapsed` becomes [`Error::Timeout`], tower's `Overloaded` becomes
+    /// [`Error::Overloaded`], anything else is kept as the source of [`Error::Handler`].
     ///
     /// ```
     /// use tower_listener::Error;
@@ -138,6 +209,10 @@ impl Error {
     pub fn from_boxed(err: BoxError) -> Self {
         let err = match err.downcast::<Error>() {
             Ok(err) => return *err,
+            Err(err) => err,
+        };
+        let err = match err.downcast::<Permanent>() {
+            Ok(permanent) => return Error::Permanent(HandlerError(Arc::from(permanent.0))),
             Err(err) => err,
         };
         let err = match err.downcast::<tower::timeout::error::Elapsed>() {
@@ -164,6 +239,7 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::Timeout { .. } => "timeout",
             Error::Handler(_) => "handler",
+            Error::Permanent(_) => "permanent",
             Error::Panicked { .. } => "panicked",
             Error::NotFound(_) => "not_found",
             Error::AlreadyRegistered(_) => "already_registered",
@@ -202,11 +278,80 @@ pub(crate) fn check_duration(field: &'static str, value: Duration) -> Result<(),
     Ok(())
 }
 
+/// Marks a handler's error as permanent, for handlers whose error type is [`tower::BoxError`] (or
+/// anything a `Permanent` converts into): `Err(Permanent::new(e).into())`. It becomes
+/// [`Error::Permanent`] with `e` as its source. A handler returning this crate's [`Error`] uses
+/// [`Error::permanent`] instead; for error types a handler cannot wrap (a serde error from a `?`), see
+/// [`ListenerConfig::permanent_when`](crate::ListenerConfig::permanent_when).
+///
+/// ```
+/// use tower::{BoxError, ServiceExt, service_fn};
+/// use tower_listener::{CatchPanicLayer, Error, Permanent};
+/// use tower::Layer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let svc = CatchPanicLayer.layer(service_fn(|raw: &'static str| async move {
+///     let total: i64 = raw.parse().map_err(|e| Permanent::new(e))?; // a bad number never parses
+///     Ok::<_, BoxError>(total)
+/// }));
+/// let err = svc.oneshot("forty-two").await.unwrap_err();
+/// assert!(err.is_permanent());
+/// assert!(err.downcast_ref::<std::num::ParseIntError>().is_some());
+/// # }
+/// ```
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Marks `err` as permanent.
+    pub fn new(err: impl Into<BoxError>) -> Self {
+        Permanent(err.into())
+    }
+
+    /// The error inside.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Permanent").field(&self.0).finish()
+    }
+}
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "permanent failure: {}", self.0)
+    }
+}
+
+impl StdError for Permanent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl From<Permanent> for Error {
+    fn from(permanent: Permanent) -> Self {
+        Error::Permanent(HandlerError(Arc::from(permanent.0)))
+    }
+}
+
 /// A handler's own error, shared so that [`Error`] is `Clone`.
 ///
 /// It derefs to `dyn std::error::Error`, so `downcast_ref` finds the handler's type, and it is the
 /// [`source`](std::error::Error::source) of [`Error::Handler`]. (It does not implement `Error` itself:
 /// that is what makes `source()` return the handler's error rather than this wrapper.)
+///
+/// ```
+/// use tower_listener::Error;
+///
+/// let err = Error::handler(std::io::Error::other("disk full"));
+/// if let Error::Handler(source) = &err {
+///     assert!(source.is::<std::io::Error>());
+///     assert_eq!(source.to_string(), "disk full");
+/// }
+/// ```
 #[derive(Clone)]
 pub struct HandlerError(Arc<dyn StdError + Send + Sync>);
 
@@ -239,3 +384,112 @@ impl std::fmt::Display for HandlerError {
 
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error as a dead letter keeps it: what went wrong, in a form that can be stored, sent to a broker and
+/// read back by another process or another version of the service.
+///
+/// A record made in this process also keeps the [`Error`] itself ([`error`](Self::error)), so an
+/// in-process sink can still downcast the handler's error; a record read back from a store has only its
+/// text.
+///
+/// ```
+/// use tower_listener::{Error, ErrorRecord};
+///
+/// let io = std::io::Error::other("connection refused");
+/// let record = ErrorRecord::from(&Error::handler(io));
+/// assert_eq!(record.kind, "handler");
+/// assert_eq!(record.message, "handler failed: connection refused");
+/// assert_eq!(record.chain, ["connection refused"]);
+/// assert!(!record.permanent);
+/// assert!(record.error().is_some_and(|e| e.downcast_ref::<std::io::Error>().is_some()));
+/// ```
+#[derive(Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct ErrorRecord {
+    /// [`Error::kind`]: "handler", "permanent", "timeout", "panicked", "circuit_open", … (a `String`, so a
+    /// record from a newer version with a kind this one does not know still reads).
+    pub kind: String,
+    /// The error's message (its `Display`).
+    pub message: String,
+    /// The messages of its sources, outermost first (the handler's error, then what caused it, …).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub chain: Vec<String>,
+    /// Whether the failure was permanent.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub permanent: bool,
+    #[cfg_attr(feature = "serde", serde(skip))]
+    live: Option<Error>,
+}
+
+impl ErrorRecord {
+    /// A record with no live error (as read back from a store, or made by hand).
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorRecord {
+            kind: kind.into(),
+            message: message.into(),
+            chain: Vec::new(),
+            permanent: false,
+            live: None,
+        }
+    }
+
+    /// The error itself, when the record was made from it in this process; `None` once stored and read
+    /// back.
+    pub fn error(&self) -> Option<&Error> {
+        self.live.as_ref()
+    }
+}
+
+impl From<&Error> for ErrorRecord {
+    fn from(error: &Error) -> Self {
+        let mut chain = Vec::new();
+        let mut source = StdError::source(error);
+        while let Some(cause) = source {
+            chain.push(cause.to_string());
+            source = cause.source();
+        }
+        ErrorRecord {
+            kind: error.kind().to_owned(),
+            message: error.to_string(),
+            chain,
+            permanent: error.is_permanent(),
+            live: Some(error.clone()),
+        }
+    }
+}
+
+impl From<Error> for ErrorRecord {
+    fn from(error: Error) -> Self {
+        ErrorRecord::from(&error)
+    }
+}
+
+/// Records are equal when their text is: whether one still holds its live error does not matter.
+impl PartialEq for ErrorRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.message == other.message
+            && self.chain == other.chain
+            && self.permanent == other.permanent
+    }
+}
+
+impl Eq for ErrorRecord {}
+
+impl std::fmt::Debug for ErrorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrorRecord")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("chain", &self.chain)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for ErrorRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

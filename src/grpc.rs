@@ -19,6 +19,14 @@ use crate::manager::HealthStatus;
 use crate::ListenerManager;
 
 /// The gRPC status a health maps to.
+///
+/// ```
+/// use tonic_health::ServingStatus;
+/// use tower_listener::{grpc::serving_status, HealthStatus};
+///
+/// assert_eq!(serving_status(HealthStatus::Degraded), ServingStatus::Serving);
+/// assert_eq!(serving_status(HealthStatus::CircuitOpen), ServingStatus::NotServing);
+/// ```
 pub fn serving_status(health: HealthStatus) -> ServingStatus {
     match health {
         HealthStatus::Healthy | HealthStatus::Degraded => ServingStatus::Serving,

@@ -1,10 +1,14 @@
 //! HTTP endpoints for axum (feature `axum`): run events through a manager over HTTP and expose its health.
 //!
 //! [`router`] serves:
-//! - `POST /events/{listener}`: the body is a JSON [`Event`]; it runs through the listener's whole stack
-//!   ([`ListenerManager::process`]) and the status is the outcome: 200 ok, 404 unknown listener, 422 bad JSON,
-//!   503 circuit open (with `Retry-After`) or not running, 429 overloaded, 504 timeout, 500 handler failure
-//!   or panic. Every body is JSON; an error body is `{"error": <kind>, "message": <text>}`.
+//! - `POST /events/{listener}`: the body is an [`Event`] as CloudEvents structured JSON
+//!   (`Content-Type: application/json`); it runs through the listener's whole stack
+//!   ([`ListenerManager::process`]) and the status is the outcome: 200 ok, 404 unknown listener, 422 a
+//!   permanent failure, 503 circuit open (with `Retry-After`) or not running, 429 overloaded, 504 timeout,
+//!   500 handler failure or panic. What is not an event at all keeps axum's statuses: 415 without a JSON
+//!   `Content-Type`, 413 past the body limit (axum's default, 2 MB; set another with
+//!   `axum::extract::DefaultBodyLimit`), 400 for broken JSON, and 422 for JSON that is not an event (the
+//!   message names the field). Every body is JSON; an error body is `{"error": <kind>, "message": <text>}`.
 //! - `GET /health`: 200 when healthy, degraded or circuit-open, 503 when unhealthy (as the Go package's
 //!   documentation shows), with the status, the counters and, per listener, its health and latency
 //!   percentiles.
@@ -18,9 +22,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use crate::manager::HealthStatus;
+use crate::manager::{DispatchError, HealthStatus};
 use crate::metrics::LatencySummary;
 use crate::{Error, Event, ListenerManager};
 
@@ -36,6 +41,7 @@ impl Error {
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
             Error::AlreadyRegistered(_) | Error::AlreadyRunning => StatusCode::CONFLICT,
+            Error::Permanent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Handler(_) | Error::Panicked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,33 +79,63 @@ impl crate::CircuitConfig {
     }
 }
 
-/// The router: `POST /events/{listener}` and `GET /health` over `manager`. Nest or merge it into your own.
+/// A refused `dispatch` answers with its error's status (429 for a full queue, 503 when not running, 404
+/// for an unknown listener); the event is dropped with the response, so answer only once you no longer
+/// need it.
+impl<T> IntoResponse for DispatchError<T> {
+    fn into_response(self) -> Response {
+        self.error.into_response()
+    }
+}
+
+/// The router: `POST /events/{listener}` and `GET /health` over `manager`, for any payload type `T` that
+/// deserializes. Nest or merge it into your own.
 ///
 /// ```
 /// use tower_listener::{ListenerManager, ManagerConfig};
 ///
-/// let manager = ListenerManager::new(ManagerConfig::default()).unwrap();
+/// #[derive(serde::Deserialize)]
+/// struct Order { total: u64 }
+///
+/// let manager = ListenerManager::<Order>::typed(ManagerConfig::default()).unwrap();
 /// let app: axum::Router = tower_listener::http::router(manager);
 /// # let _ = app;
 /// ```
-pub fn router(manager: ListenerManager) -> Router {
+pub fn router<T>(manager: ListenerManager<T>) -> Router
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
     Router::new()
-        .route("/events/{listener}", post(post_event))
-        .route("/health", get(health))
+        .route("/events/{listener}", post(post_event::<T>))
+        .route("/health", get(health::<T>))
         .with_state(manager)
 }
 
-async fn post_event(
-    State(manager): State<ListenerManager>,
+/// The response to a body that is not an event: axum's own status, with a JSON body.
+fn not_an_event(rejection: JsonRejection) -> Response {
+    let status = rejection.status();
+    let kind = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::BAD_REQUEST => "invalid_json",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_event",
+        _ => "invalid_body",
+    };
+    let body = Json(json!({ "error": kind, "message": rejection.body_text() }));
+    (status, body).into_response()
+}
+
+async fn post_event<T>(
+    State(manager): State<ListenerManager<T>>,
     Path(listener): Path<String>,
-    body: Result<Json<Event>, JsonRejection>,
-) -> Response {
+    body: Result<Json<Event<T>>, JsonRejection>,
+) -> Response
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
     let event = match body {
         Ok(Json(event)) => event,
-        Err(rejection) => {
-            let body = Json(json!({ "error": "invalid_event", "message": rejection.body_text() }));
-            return (StatusCode::UNPROCESSABLE_ENTITY, body).into_response();
-        }
+        Err(rejection) => return not_an_event(rejection),
     };
     let id = event.id().to_owned();
     match manager.process(&listener, event).await {
@@ -122,8 +158,19 @@ fn latency(summary: LatencySummary) -> Value {
     })
 }
 
-/// The health document of `manager`, as `GET /health` serves it.
-pub fn health_report(manager: &ListenerManager) -> (HealthStatus, Value) {
+/// The health document of `manager`, as `GET /health` serves it: for a status page of your own, or a log
+/// line.
+///
+/// ```
+/// use tower_listener::{HealthStatus, ListenerManager, ManagerConfig};
+///
+/// let manager = ListenerManager::new(ManagerConfig::default()).unwrap();
+/// let (status, body) = tower_listener::http::health_report(&manager);
+/// assert_eq!(status, HealthStatus::Healthy);
+/// assert_eq!(body["status"], "healthy");
+/// assert_eq!(body["listeners"], 0);
+/// ```
+pub fn health_report<T>(manager: &ListenerManager<T>) -> (HealthStatus, Value) {
     let status = manager.health();
     let stats = manager.stats();
     let mut listeners = serde_json::Map::new();
@@ -135,6 +182,7 @@ pub fn health_report(manager: &ListenerManager) -> (HealthStatus, Value) {
                     "status": health.as_str(),
                     "processed": s.events_processed,
                     "failed": s.events_failed,
+                    "permanent": s.permanent_failures,
                     "retried": s.events_retried,
                     "latency": latency(s.event_latency),
                 }),
@@ -146,6 +194,7 @@ pub fn health_report(manager: &ListenerManager) -> (HealthStatus, Value) {
         "listeners": stats.registered_listeners,
         "processed": stats.events_processed,
         "failed": stats.events_failed,
+        "permanent": stats.permanent_failures,
         "retried": stats.events_retried,
         "dead_letters": stats.dead_letter_events,
         "listener_health": listeners,
@@ -153,7 +202,7 @@ pub fn health_report(manager: &ListenerManager) -> (HealthStatus, Value) {
     (status, body)
 }
 
-async fn health(State(manager): State<ListenerManager>) -> Response {
+async fn health<T>(State(manager): State<ListenerManager<T>>) -> Response {
     let (status, body) = health_report(&manager);
     let code = match status {
         HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,

@@ -84,7 +84,10 @@ pub mod limit;
 pub mod manager;
 pub mod metrics;
 pub mod retry;
+#[cfg(feature = "serde")]
+mod rfc3339;
 mod shared;
+mod shutdown;
 mod sync;
 pub mod timeout;
 mod window;
@@ -96,9 +99,9 @@ pub use circuit::{
 };
 pub use dead_letter::{
     dead_letter_fn, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
-    DeadLetterReason, DeadLetterSink, RedriveReport,
+    DeadLetterReason, DeadLetterSink, RedriveReport, SinkFuture,
 };
-pub use error::{Error, HandlerError, Result, MAX_CONFIG_DURATION};
+pub use error::{Error, ErrorRecord, HandlerError, Permanent, Result, MAX_CONFIG_DURATION};
 pub use event::Event;
 pub use limit::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
 pub use manager::{
@@ -107,4 +110,38 @@ pub use manager::{
 };
 pub use metrics::{LatencySummary, ListenerMetrics, MetricsLayer, Stats};
 pub use retry::{Backoff, Jitter, RetryBudget, RetryLayer, RetryPolicy};
+pub use shutdown::shutdown_signal;
 pub use timeout::TimeoutLayer;
+
+/// The names a service using the crate needs, for a glob import: `use tower_listener::prelude::*;`.
+///
+/// It leaves out this crate's `Result` and `Error`, so that a glob import shadows neither the standard
+/// `Result` nor an `Error` of your own: name ours `tower_listener::Error`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::prelude::*;
+///
+/// #[derive(Debug)]
+/// struct Error; // your own `Error` is not shadowed
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+/// let svc = ServiceBuilder::new()
+///     .layer(RetryLayer::new(RetryPolicy::default())?)
+///     .layer(TimeoutLayer::new(Duration::from_secs(1))?)
+///     .service(service_fn(|n: u32| async move { Ok::<_, tower_listener::Error>(n + 1) }));
+/// assert_eq!(svc.oneshot(1).await?, 2);
+/// # let _ = Error;
+/// # Ok(()) }
+/// ```
+pub mod prelude {
+    pub use crate::{
+        dead_letter_fn, listener_fn, shutdown_signal, Backoff, CallOutcome, CatchPanicLayer,
+        CircuitBreakerHandle, CircuitBreakerLayer, CircuitConfig, CircuitState, ConcurrencyConfig,
+        ConcurrencyLimitLayer, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
+        DeadLetterReason, DeadLetterSink, ErrorRecord, Event, HealthStatus, Jitter, LimitMode,
+        Listener, ListenerConfig, ListenerManager, ListenerMetrics, ManagerConfig, MetricsLayer,
+        Permanent, RedriveReport, RetryBudget, RetryLayer, RetryPolicy, Stats, TimeoutLayer,
+    };
+}

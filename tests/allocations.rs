@@ -1,5 +1,5 @@
 //! Zero heap allocations per event on the success path of the full layer stack and of the manager, and on
-//! the open-breaker rejection path, after warm-up (SPEC.md "Performance contract"). Counted by a global
+//! the open-breaker rejection path, after warm-up. Counted by a global
 //! allocator that counts the calls made on the test's own thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -143,7 +143,7 @@ async fn the_manager_allocates_nothing_per_processed_event() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_handler_that_waits_costs_one_allocation_its_armed_timer() {
     // The one allocation off the immediate success path that every waiting handler meets: the timeout
-    // boxes its timer when the attempt first waits (BENCHMARKS.md says why). Counted so that no other
+    // boxes its timer when the attempt first waits (benches/README.md says why). Counted so that no other
     // allocation creeps in.
     let waits_once = tower::service_fn(|_: Event| async {
         tokio::task::yield_now().await;

@@ -1,4 +1,4 @@
-//! The axum integration over a real TCP listener on 127.0.0.1 with a real HTTP client (issue 6).
+//! The axum integration over a real TCP listener on 127.0.0.1 with a real HTTP client.
 #![cfg(feature = "axum")]
 
 mod support;
@@ -37,10 +37,22 @@ async fn send(
     url: &str,
     body: &str,
 ) -> (u16, Option<String>, serde_json::Value) {
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
+    send_as(client, method, url, Some("application/json"), body).await
+}
+
+/// `send` with another `Content-Type` (or none).
+async fn send_as(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut request = hyper::Request::builder().method(method).uri(url);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let request = request
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .unwrap();
     let response = client.request(request).await.unwrap();
@@ -55,7 +67,7 @@ async fn send(
 }
 
 fn event_json(id: &str, kind: &str, data: u64) -> String {
-    serde_json::json!({ "id": id, "event_type": kind, "data": data }).to_string()
+    serde_json::json!({ "specversion": "1.0", "id": id, "type": kind, "data": data }).to_string()
 }
 
 #[tokio::test]
@@ -116,12 +128,14 @@ async fn events_over_http_map_each_outcome_to_its_status() {
     .await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 
-    let (status, _, body) =
-        send(&http, "POST", &format!("{base}/events/orders"), "{not json").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (422, Some("invalid_event"))
-    );
+    let (status, _, body) = send(
+        &http,
+        "POST",
+        &format!("{base}/events/orders"),
+        &event_json("e2p", "permanent", 0),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (422, Some("permanent")));
 
     let (status, _, body) = send(
         &http,
@@ -313,4 +327,183 @@ async fn the_layers_guard_an_axum_route_and_their_errors_become_responses() {
         (503, Some("circuit_open"))
     );
     assert!(retry_after.is_some());
+}
+
+#[tokio::test]
+async fn what_is_not_an_event_keeps_axums_statuses() {
+    let manager = ListenerManager::new(ManagerConfig::default()).unwrap();
+    let (orders, calls) = scripted("orders");
+    manager.register(orders, ListenerConfig::default()).unwrap();
+    manager.start().await.unwrap();
+    let base = serve(tower_listener::http::router(manager.clone())).await;
+    let http = client();
+    let url = format!("{base}/events/orders");
+
+    let (status, _, body) = send_as(&http, "POST", &url, None, &event_json("a", "ok", 0)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, _, body) = send_as(
+        &http,
+        "POST",
+        &url,
+        Some("text/plain"),
+        &event_json("a", "ok", 0),
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+
+    let huge = serde_json::json!({
+        "specversion": "1.0", "id": "big", "type": "ok", "data": "x".repeat(5 * 1024 * 1024)
+    })
+    .to_string();
+    let (status, _, body) = send(&http, "POST", &url, &huge).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    let (status, _, body) = send(&http, "POST", &url, "{not json").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+
+    // JSON, but not an event: 422, and the message names the field.
+    let (status, _, body) = send(&http, "POST", &url, r#"{"id": "x", "data": 1}"#).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_event"))
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("`type`"),
+        "{body}"
+    );
+
+    let bad_time =
+        r#"{"specversion": "1.0", "id": "x", "type": "ok", "data": 1, "time": "yesterday"}"#;
+    let (status, _, body) = send(&http, "POST", &url, bad_time).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("`time`"),
+        "{body}"
+    );
+
+    assert_eq!(
+        calls.get(),
+        0,
+        "nothing that is not an event reached the handler"
+    );
+}
+
+#[tokio::test]
+async fn a_cloudevent_with_an_rfc3339_time_is_accepted_and_its_attributes_kept() {
+    let manager = ListenerManager::new(ManagerConfig::default()).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    manager
+        .register(
+            tower_listener::listener_fn("orders", move |event: tower_listener::Event| {
+                record.lock().unwrap().push(event);
+                async { Ok::<_, Error>(()) }
+            }),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+    manager.start().await.unwrap();
+    let base = serve(tower_listener::http::router(manager.clone())).await;
+    let body = r#"{
+        "specversion": "1.0", "id": "A234-1234-1234", "type": "com.example.order.created",
+        "source": "/shop/orders", "time": "2026-04-05T17:31:00.25+02:00",
+        "datacontenttype": "application/json", "tenant": "acme", "priority": 3,
+        "data": {"total": 42}
+    }"#;
+    let (status, _, reply) = send(&client(), "POST", &format!("{base}/events/orders"), body).await;
+    assert_eq!(
+        (status, reply["event_id"].as_str()),
+        (200, Some("A234-1234-1234"))
+    );
+
+    let event = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(event.event_type(), "com.example.order.created");
+    assert_eq!(event.source(), Some("/shop/orders"));
+    let expected = std::time::UNIX_EPOCH + Duration::new(1_775_403_060, 250_000_000);
+    assert_eq!(event.timestamp(), expected, "15:31:00.25Z");
+    assert_eq!(event.data()["total"], 42);
+    let metadata = event.metadata();
+    assert_eq!(metadata.get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(metadata.get("priority").map(String::as_str), Some("3"));
+    assert_eq!(
+        metadata.get("datacontenttype").map(String::as_str),
+        Some("application/json")
+    );
+}
+
+#[tokio::test]
+async fn a_typed_manager_serves_the_router() {
+    #[derive(Debug, Clone, serde::Deserialize)]
+    struct Order {
+        total: i64,
+    }
+    let manager = ListenerManager::<Order>::typed(ManagerConfig::default()).unwrap();
+    manager
+        .register(
+            tower_listener::listener_fn(
+                "orders",
+                |event: tower_listener::Event<Order>| async move {
+                    if event.data().total > 0 {
+                        Ok(())
+                    } else {
+                        Err(Error::permanent(std::io::Error::other(
+                            "total must be positive",
+                        )))
+                    }
+                },
+            ),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+    manager.start().await.unwrap();
+    let base = serve(tower_listener::http::router(manager.clone())).await;
+    let http = client();
+    let url = format!("{base}/events/orders");
+    let order = |id: &str, total: i64| {
+        serde_json::json!({"specversion": "1.0", "id": id, "type": "order.created", "data": {"total": total}})
+            .to_string()
+    };
+    assert_eq!(send(&http, "POST", &url, &order("o-1", 42)).await.0, 200);
+    assert_eq!(send(&http, "POST", &url, &order("o-2", -1)).await.0, 422);
+    // A payload that is not an Order is refused before the handler, naming the field.
+    let (status, _, body) = send(
+        &http,
+        "POST",
+        &url,
+        r#"{"id": "o-3", "type": "order.created", "data": {"sum": 1}}"#,
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["message"].as_str().unwrap().contains("total"),
+        "{body}"
+    );
+    let stats = manager.stats();
+    assert_eq!((stats.events_succeeded, stats.permanent_failures), (1, 1));
+}
+
+#[tokio::test]
+async fn a_refused_dispatch_answers_with_its_status() {
+    use axum::response::IntoResponse;
+    let manager = ListenerManager::new(ManagerConfig::default()).unwrap();
+    let (orders, _) = scripted("orders");
+    manager.register(orders, ListenerConfig::default()).unwrap();
+    let refused = manager
+        .dispatch("orders", support::events::event("e", "ok", 0))
+        .unwrap_err();
+    assert_eq!(refused.into_response().status(), 503); // not running
+    manager.start().await.unwrap();
+    let refused = manager
+        .dispatch("ghost", support::events::event("e", "ok", 0))
+        .unwrap_err();
+    assert_eq!(refused.into_response().status(), 404);
 }

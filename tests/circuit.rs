@@ -1,4 +1,4 @@
-//! The circuit breaker, behaviour by behaviour (SPEC.md "CircuitBreakerLayer"), under paused time.
+//! The circuit breaker, behaviour by behaviour, under paused time.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Event conservation under faults, shutdowns and cancellation (SPEC.md "Invariant"; issue 5).
+//! Event conservation under faults, shutdowns and cancellation.
 //!
 //! Each case draws, from its seed, a manager and 1 to 3 listeners with random configurations and fault
 //! plans, sends up to 300 events through `dispatch` and `process`, stops the manager at a random moment

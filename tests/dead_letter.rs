@@ -1,4 +1,4 @@
-//! The dead-letter layer and its sinks (SPEC.md "DeadLetterLayer"), under paused time.
+//! The dead-letter layer and its sinks, under paused time.
 
 mod support;
 
@@ -46,7 +46,14 @@ async fn a_failed_event_is_dead_lettered_exactly_once_with_event_error_attempts_
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.request, Call::Fail);
-    assert!(matches!(letter.error, Error::Handler(_)));
+    assert_eq!(letter.error.kind, "handler");
+    assert_eq!(letter.error.chain, ["scripted failure"]);
+    // While in this process the record keeps the error itself, downcastable to the handler's type.
+    assert!(letter
+        .error
+        .error()
+        .and_then(|e| e.downcast_ref::<support::ScriptedFailure>())
+        .is_some());
     assert_eq!(letter.attempts, 3);
     assert_eq!(letter.reason, DeadLetterReason::Exhausted);
     assert_eq!(&*letter.listener, "orders");

@@ -1,4 +1,4 @@
-//! The one error type and its conversion from `tower::BoxError` (SPEC.md "Errors").
+//! The one error type and its conversion from `tower::BoxError`.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Health rules (SPEC.md "Health"): the listener thresholds 0.1 and 0.5 over the health window, the
-//! manager's 0.8/0.5 rule, and old failures aging out. Under paused time.
+//! Health rules: the listener thresholds 0.1 and 0.5 over the health window, the manager's rule (half
+//! unhealthy → unhealthy, under 80 % healthy → degraded), and old failures aging out. Under paused time.
 
 mod support;
 
@@ -85,27 +85,39 @@ async fn an_open_breaker_makes_the_listener_circuit_open() {
 }
 
 #[test]
-fn the_manager_rule_uses_the_share_of_healthy_listeners() {
+fn the_manager_rule_table() {
     use HealthStatus::*;
     let rule = ManagerHealthThresholds::default();
+    // The rows a new user met: merely degraded listeners never make the manager unhealthy.
+    assert_eq!(rule.manager_health([Healthy, Degraded, Degraded]), Degraded);
+    assert_eq!(
+        rule.manager_health([Unhealthy, Unhealthy, Healthy]),
+        Unhealthy
+    );
+    assert_eq!(
+        rule.manager_health([Healthy, CircuitOpen, Unhealthy]),
+        CircuitOpen
+    );
+    assert_eq!(rule.manager_health([Healthy, Healthy, Healthy]), Healthy);
     assert_eq!(rule.manager_health([]), Healthy);
+    assert_eq!(
+        rule.manager_health([Degraded, Degraded, Degraded]),
+        Degraded
+    );
+    // Shares at the boundaries: 0.8 healthy is healthy; 0.5 unhealthy is unhealthy.
     assert_eq!(
         rule.manager_health([Healthy, Healthy, Healthy, Healthy, Unhealthy]),
         Healthy
-    ); // 0.8
+    );
     assert_eq!(
         rule.manager_health([Healthy, Healthy, Healthy, Degraded, Unhealthy]),
         Degraded
-    ); // 0.6
-    assert_eq!(rule.manager_health([Healthy, Degraded]), Degraded); // 0.5
+    );
+    assert_eq!(rule.manager_health([Healthy, Unhealthy]), Unhealthy);
     assert_eq!(
         rule.manager_health([Healthy, Degraded, Unhealthy]),
-        Unhealthy
-    ); // 0.33
-    assert_eq!(
-        rule.manager_health([Healthy, Healthy, CircuitOpen]),
-        CircuitOpen
-    );
+        Degraded
+    ); // 1/3 unhealthy
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,11 +130,11 @@ async fn the_manager_health_combines_its_listeners() {
     m.start().await.unwrap();
     run(&m, "a", 1, 0).await;
     assert_eq!(m.health(), HealthStatus::Healthy);
-    run(&m, "d", 0, 5).await; // 3 of 4 healthy: 0.75
+    run(&m, "d", 0, 5).await; // 3 of 4 healthy: 0.75, 1 of 4 unhealthy
     assert_eq!(m.health(), HealthStatus::Degraded);
-    run(&m, "c", 0, 5).await; // 2 of 4: 0.5
-    assert_eq!(m.health(), HealthStatus::Degraded);
-    run(&m, "b", 0, 5).await; // 1 of 4
+    run(&m, "c", 0, 5).await; // 2 of 4 unhealthy: 0.5
+    assert_eq!(m.health(), HealthStatus::Unhealthy);
+    run(&m, "b", 0, 5).await; // 3 of 4
     assert_eq!(m.health(), HealthStatus::Unhealthy);
     assert_eq!(
         m.listener_healths()
@@ -162,10 +174,28 @@ fn thresholds_are_configurable_and_validated() {
     }
     .validate()
     .is_err());
+    // The manager's two shares are independent; equal ones are fine, out-of-range ones are refused.
     assert!(ManagerHealthThresholds {
-        healthy_share: 0.4,
-        degraded_share: 0.5
+        healthy_share: 0.5,
+        unhealthy_share: 0.5
     }
     .validate()
-    .is_err());
+    .is_ok());
+    for (healthy_share, unhealthy_share, field) in [
+        (1.5, 0.5, "health.healthy_share"),
+        (-0.1, 0.5, "health.healthy_share"),
+        (0.8, 0.0, "health.unhealthy_share"),
+        (0.8, 1.01, "health.unhealthy_share"),
+        (0.8, f64::NAN, "health.unhealthy_share"),
+    ] {
+        match (ManagerHealthThresholds {
+            healthy_share,
+            unhealthy_share,
+        })
+        .validate()
+        {
+            Err(tower_listener::Error::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{healthy_share} {unhealthy_share}: {other:?}"),
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The concurrency limit (SPEC.md "ConcurrencyLimitLayer"), under paused time.
+//! The concurrency limit, under paused time.
 
 mod support;
 

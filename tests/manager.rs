@@ -1,4 +1,4 @@
-//! The ListenerManager (SPEC.md "ListenerManager"): the Go package's own tests ported, lifecycle, dispatch,
+//! The ListenerManager: the Go package's own tests ported, lifecycle, dispatch,
 //! stats and bad input, under paused time.
 
 mod support;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use support::events::{event, opens_after, scripted};
 use support::settle;
 use tower_listener::{
-    Backoff, CircuitConfig, DeadLetterConfig, DeadLetterReason, Error, HealthStatus,
-    ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy,
+    Backoff, CircuitConfig, DeadLetterConfig, DeadLetterReason, Error, Event, HealthStatus,
+    Listener, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy,
 };
 
 fn manager() -> ListenerManager {
@@ -587,6 +587,73 @@ async fn redrive_reprocesses_the_listeners_dead_letters() {
     let left = m.dead_letters("a").unwrap().unwrap().list();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].request.id(), "e2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn redrive_stops_at_an_open_breaker_and_keeps_the_rest() {
+    let m = manager();
+    let (a, calls) = scripted("a");
+    m.register(a, opens_after(3)).unwrap();
+    m.start().await.unwrap();
+    // The dependency fails each of the first three events once (which opens the breaker); the other
+    // four are rejected by the open breaker and dead-lettered too.
+    for i in 0..7 {
+        let kind = if i < 3 { "flaky" } else { "ok" };
+        let _ = m.process("a", event(format!("f{i}"), kind, 1)).await;
+    }
+    let queue = m.dead_letters("a").unwrap().unwrap();
+    assert_eq!(queue.len(), 7);
+    assert_eq!(calls.get(), 3);
+    let before = m.listener_stats("a").unwrap();
+
+    let report = m.redrive("a").await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.failed, report.not_run), (0, 0, 7));
+    assert_eq!(
+        report.stopped_by.as_ref().map(|e| e.kind.as_str()),
+        Some("circuit_open")
+    );
+    assert_eq!(calls.get(), 3, "nothing ran against the open breaker");
+    let kept: Vec<String> = queue
+        .list()
+        .iter()
+        .map(|l| l.request.id().to_owned())
+        .collect();
+    assert_eq!(
+        kept,
+        ["f0", "f1", "f2", "f3", "f4", "f5", "f6"],
+        "all kept, in order"
+    );
+    assert!(queue.list().iter().all(|l| l.attempts == 1), "untouched");
+    let after = m.listener_stats("a").unwrap();
+    assert_eq!(after.events_failed, before.events_failed, "no new failures");
+    assert_eq!((after.redriven_succeeded, after.redriven_failed), (0, 0));
+
+    // Once the breaker admits calls again, the redrive runs them and counts what happened.
+    m.circuit_breaker("a").unwrap().reset();
+    let report = m.redrive("a").await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.failed), (7, 0));
+    assert!(report.completed());
+    let after = m.listener_stats("a").unwrap();
+    assert_eq!((after.redriven_succeeded, after.redriven_failed), (7, 0));
+    assert!(queue.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_box_clone_service_registers() {
+    // `BoxCloneService` is `Send` but not `Sync`: the manager asks for no more.
+    let m = manager();
+    let service: tower::util::BoxCloneService<Event, (), Error> =
+        tower::util::BoxCloneService::new(tower::service_fn(|event: Event| async move {
+            match event.event_type() {
+                "ok" => Ok(()),
+                _ => Err(Error::handler(support::ScriptedFailure)),
+            }
+        }));
+    m.register(Listener::new("boxed", service), ListenerConfig::default())
+        .unwrap();
+    m.start().await.unwrap();
+    m.process("boxed", event("e", "ok", 0)).await.unwrap();
+    assert_eq!(m.listener_stats("boxed").unwrap().events_succeeded, 1);
 }
 
 // ---- Bad input ----

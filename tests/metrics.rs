@@ -1,4 +1,4 @@
-//! The metrics layer and what every layer reports to it (SPEC.md "MetricsLayer"), under paused time.
+//! The metrics layer and what every layer reports to it, under paused time.
 
 mod support;
 

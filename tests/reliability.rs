@@ -1,4 +1,4 @@
-//! Reliability under faults, load, cancellation and bad input (issue 5): panic isolation, shutdown under
+//! Reliability under faults, load, cancellation and bad input: panic isolation, shutdown under
 //! load, cancellation at every await point of the stack, a concurrent stress of one breaker, and random
 //! configurations that must be refused cleanly or work.
 

@@ -1,4 +1,4 @@
-//! The retry layer (SPEC.md "RetryLayer"), under paused time.
+//! The retry layer, under paused time.
 
 mod support;
 

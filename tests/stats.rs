@@ -1,4 +1,4 @@
-//! Stats (SPEC.md "Stats"): exact counters after a scripted run, the sum rule, manager = sum of listeners.
+//! Stats: exact counters after a scripted run, the sum rule, manager = sum of listeners.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! The timeout layer (SPEC.md "TimeoutLayer"), under paused time.
+//! The timeout layer, under paused time.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! gRPC health checking (issue 6): the manager's health published through tonic-health on a real server on
+//! gRPC health checking: the manager's health published through tonic-health on a real server on
 //! 127.0.0.1, checked with a real gRPC health client, following a breaker as it opens and closes.
 #![cfg(feature = "tonic")]
 

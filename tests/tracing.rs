@@ -1,4 +1,4 @@
-//! Tracing (issue 6): one span per event with `listener`, `event.id` and `event.type`; attempts, retries and
+//! Tracing: one span per event with `listener`, `event.id` and `event.type`; attempts, retries and
 //! dead letters as events inside it, and the handler's own events too; breaker transitions as events; all
 //! with stable field names. Checked with a capturing subscriber.
 

@@ -19,6 +19,17 @@ pub type ResponseClassifier = Arc<dyn Fn(&dyn std::any::Any) -> CallOutcome + Se
 pub type StateChangeHook = Arc<dyn Fn(&StateChange) + Send + Sync>;
 
 /// A state change of a breaker, as handed to [`CircuitConfig::on_state_change`].
+///
+/// ```
+/// use tower_listener::{CircuitConfig, CircuitState, StateChange};
+///
+/// let config = CircuitConfig::default().on_state_change(|change: &StateChange| {
+///     if change.to == CircuitState::Open {
+///         eprintln!("breaker {} opened (was {})", change.name, change.from);
+///     }
+/// });
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StateChange {
@@ -72,7 +83,9 @@ pub struct CircuitConfig {
     /// step. Default `None`.
     pub open_jitter: Option<Duration>,
     /// How an error counts. Default ([`CircuitConfig::default_classifier`]): rejections
-    /// ([`Error::is_rejection`]) and [`Error::Stopped`] are ignored, every other error is a failure.
+    /// ([`Error::is_rejection`]) and [`Error::Stopped`] are ignored, every other error is a failure. It is
+    /// not asked about [permanent](Error::Permanent) errors: those say nothing about the dependency and
+    /// are always ignored.
     pub classifier: Option<ErrorClassifier>,
     /// How a successful response counts: for services that report failure in the response itself (an HTTP
     /// 5xx from an axum handler). Default `None`: every response is a success (unless slow).
@@ -116,10 +129,10 @@ impl CircuitConfig {
         }
     }
 
-    /// The default classification of an error: rejections and shutdowns are [`CallOutcome::Ignored`],
-    /// everything else is a [`CallOutcome::Failure`].
+    /// The default classification of an error: rejections, shutdowns and permanent errors are
+    /// [`CallOutcome::Ignored`], everything else is a [`CallOutcome::Failure`].
     pub fn default_classifier(error: &Error) -> CallOutcome {
-        if error.is_rejection() || matches!(error, Error::Stopped) {
+        if error.is_rejection() || matches!(error, Error::Stopped | Error::Permanent(_)) {
             CallOutcome::Ignored
         } else {
             CallOutcome::Failure

@@ -191,8 +191,11 @@ impl Breaker {
         self.config.slow_call_threshold.is_some()
     }
 
-    /// How `error` counts.
+    /// How `error` counts: a permanent error is ignored whatever the classifier says.
     pub(crate) fn classify(&self, error: &Error) -> CallOutcome {
+        if error.is_permanent() {
+            return CallOutcome::Ignored;
+        }
         match &self.config.classifier {
             Some(classify) => self.classified("classifier", || classify(error)),
             None => CircuitConfig::default_classifier(error),

@@ -6,6 +6,18 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 /// The state of a circuit breaker.
+///
+/// ```
+/// use tower_listener::{CircuitBreakerLayer, CircuitConfig, CircuitState};
+///
+/// let breaker = CircuitBreakerLayer::new(CircuitConfig::default())?;
+/// let handle = breaker.handle();
+/// assert_eq!(handle.state(), CircuitState::Closed);
+/// handle.force_open();
+/// assert!(handle.state().is_open());
+/// assert_eq!(handle.state().to_string(), "forced-open");
+/// # Ok::<_, tower_listener::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 #[non_exhaustive]
@@ -67,7 +79,18 @@ pub(crate) enum Admission {
     Reject { retry_after: Option<Duration> },
 }
 
-/// How a finished call counts.
+/// How a finished call counts, as a [classifier](crate::CircuitConfig::classifier) decides.
+///
+/// ```
+/// use tower_listener::{CallOutcome, CircuitConfig, Error};
+///
+/// // A timeout says the dependency is slow, but we retry it elsewhere: do not count it against it.
+/// let config = CircuitConfig::default().with_classifier(|error: &Error| match error {
+///     Error::Timeout { .. } => CallOutcome::Ignored,
+///     other => CircuitConfig::default_classifier(other),
+/// });
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CallOutcome {

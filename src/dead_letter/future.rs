@@ -16,7 +16,7 @@ use super::sink::{DeadLetter, DeadLetterReason, SinkFuture};
 use crate::attempts::{self, AttemptRecord, RetryStop};
 use crate::metrics::ListenerMetrics;
 use crate::shared::Handle;
-use crate::Error;
+use crate::{Error, ErrorRecord};
 
 pin_project! {
     #[project = StateProj]
@@ -115,6 +115,7 @@ fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
         Error::CircuitOpen { .. } => DeadLetterReason::CircuitOpen,
         Error::Overloaded => DeadLetterReason::Overloaded,
         Error::Stopped => DeadLetterReason::Shutdown,
+        Error::Permanent(_) => DeadLetterReason::Permanent,
         _ => match record.stop {
             Some(RetryStop::Exhausted) => DeadLetterReason::Exhausted,
             Some(RetryStop::NotRetryable) => DeadLetterReason::NotRetryable,
@@ -198,7 +199,7 @@ where
                     let attempts = record.attempts.max(1);
                     let letter = DeadLetter {
                         request: request.borrow().clone(),
-                        error: error.clone(),
+                        error: ErrorRecord::from(&error),
                         listener: shared.name.clone(),
                         attempts,
                         first_failure_at: record.first_failure.unwrap_or(now),

@@ -149,6 +149,22 @@ pub(crate) struct DeadLetterShared<R> {
 ///
 /// Place it outside the retry layer: it sees an event's final outcome, and learns from the retry layer
 /// how many attempts were made and why retrying stopped. See the [module docs](super).
+///
+/// ```
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::{DeadLetterLayer, DeadLetterQueue, DeadLetterReason, Error, RetryLayer, RetryPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Error> {
+/// let queue = DeadLetterQueue::new(100);
+/// let svc = ServiceBuilder::new()
+///     .layer(DeadLetterLayer::with_sink(queue.clone()))
+///     .layer(RetryLayer::new(RetryPolicy { max_retries: 2, ..RetryPolicy::default() })?)
+///     .service(service_fn(|order: u32| async move { Err::<(), _>(Error::handler(std::fmt::Error)) }));
+/// assert!(svc.oneshot(7).await.is_err());
+/// let letter = &queue.list()[0];
+/// assert_eq!((letter.request, letter.attempts, letter.reason), (7, 3, DeadLetterReason::Exhausted));
+/// # Ok(()) }
+/// ```
 pub struct DeadLetterLayer<R = Event> {
     shared: Shared<DeadLetterShared<R>>,
     _request: PhantomData<fn(R)>,

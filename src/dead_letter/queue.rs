@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tower::{BoxError, Service, ServiceExt};
 
 use super::sink::{DeadLetter, DeadLetterSink, SinkFuture};
-use crate::Error;
+use crate::{Error, ErrorRecord};
 
 /// A bounded, in-memory dead-letter queue. Clones share one queue.
 ///
@@ -43,14 +43,35 @@ struct Inner<R> {
     capacity: usize,
 }
 
-/// What a [`DeadLetterQueue::redrive`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a redrive did.
+///
+/// ```
+/// use tower_listener::RedriveReport;
+///
+/// let report = RedriveReport::default();
+/// assert!(report.completed());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct RedriveReport {
     /// Letters that succeeded and were removed.
     pub succeeded: usize,
-    /// Letters that failed again and were kept (with the new error).
+    /// Letters that failed again and were kept (with the new error and one more attempt).
     pub failed: usize,
+    /// Letters not run because the redrive stopped at a rejection (the rejected letter included); all
+    /// kept as they were.
+    pub not_run: usize,
+    /// The rejection that stopped the redrive (an open breaker or an overloaded listener), if one did.
+    pub stopped_by: Option<ErrorRecord>,
+}
+
+impl RedriveReport {
+    /// True when every letter was run (none left because of a rejection).
+    pub fn completed(&self) -> bool {
+        self.stopped_by.is_none()
+    }
 }
 
 impl<R> Clone for DeadLetterQueue<R> {
@@ -135,7 +156,10 @@ impl<R> DeadLetterQueue<R> {
 
     /// Re-processes every letter held now through `service`, one at a time, oldest first. A letter that
     /// succeeds is removed; one that fails again is kept with the new error, one more attempt and a new
-    /// dead-letter time. Letters that arrive meanwhile are kept too.
+    /// dead-letter time. The run stops at the first rejection ([`Error::CircuitOpen`] or
+    /// [`Error::Overloaded`]): that letter and the rest are kept as they were and counted in
+    /// [`RedriveReport::not_run`] (redriving into an open breaker would only fail them again). Letters
+    /// that arrive meanwhile are kept too.
     ///
     /// Redrive through a stack *without* a dead-letter layer that writes into this queue, or a letter
     /// that fails again would be stored twice. (The manager's redrive does this for you.)
@@ -145,26 +169,35 @@ impl<R> DeadLetterQueue<R> {
         S::Error: Into<BoxError>,
         R: Clone,
     {
-        let letters = self.drain();
+        let mut letters = self.drain().into_iter();
         let mut report = RedriveReport::default();
         let mut kept = Vec::new();
-        for mut letter in letters {
+        while let Some(mut letter) = letters.next() {
             let result = match service.ready().await {
                 Ok(ready) => ready.call(letter.request.clone()).await,
                 Err(e) => Err(e),
             };
-            match result {
-                Ok(_) => report.succeeded += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    letter.error = Error::from_boxed(e.into());
-                    letter.attempts = letter.attempts.saturating_add(1);
-                    letter.dead_lettered_at = SystemTime::now();
-                    kept.push(letter);
+            let error = match result {
+                Ok(_) => {
+                    report.succeeded += 1;
+                    continue;
                 }
+                Err(e) => Error::from_boxed(e.into()),
+            };
+            if error.is_rejection() {
+                report.not_run = 1 + letters.len();
+                report.stopped_by = Some(error.into());
+                kept.push(letter);
+                kept.extend(letters);
+                break;
             }
+            report.failed += 1;
+            letter.error = error.into();
+            letter.attempts = letter.attempts.saturating_add(1);
+            letter.dead_lettered_at = SystemTime::now();
+            kept.push(letter);
         }
-        // Put the failures back ahead of letters that arrived during the redrive, capacity permitting
+        // Put the kept letters back ahead of letters that arrived during the redrive, capacity permitting
         // (they were in the queue before, so there is room unless new letters filled it; those overflow
         // letters are kept anyway rather than lost).
         let mut letters = self.lock();

@@ -10,9 +10,21 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tower::BoxError;
 
+#[cfg(doc)]
 use crate::Error;
+use crate::ErrorRecord;
 
 /// Why an event was dead-lettered.
+///
+/// ```
+/// use tower_listener::{DeadLetterConfig, DeadLetterQueue, DeadLetterReason, Event};
+///
+/// // Keep real failures; let rejected events go back to their sender instead.
+/// let config = DeadLetterConfig::to_sink(DeadLetterQueue::<Event>::new(1_000))
+///     .capture_only(|reason| !matches!(reason, DeadLetterReason::CircuitOpen | DeadLetterReason::Overloaded));
+/// assert_eq!(DeadLetterReason::Permanent.to_string(), "permanent");
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -32,11 +44,14 @@ pub enum DeadLetterReason {
     Shutdown,
     /// The event failed with no retry layer in the stack.
     Failed,
+    /// The handler said the event can never succeed ([`Error::Permanent`]): dead-lettered at once,
+    /// without retries.
+    Permanent,
 }
 
 impl DeadLetterReason {
     /// Every reason, for capture filters.
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::Exhausted,
         DeadLetterReason::NotRetryable,
         DeadLetterReason::BudgetExhausted,
@@ -44,10 +59,11 @@ impl DeadLetterReason {
         DeadLetterReason::Overloaded,
         DeadLetterReason::Shutdown,
         DeadLetterReason::Failed,
+        DeadLetterReason::Permanent,
     ];
 
     /// The name: "exhausted", "not_retryable", "budget_exhausted", "circuit_open", "overloaded",
-    /// "shutdown", "failed".
+    /// "shutdown", "failed", "permanent".
     pub fn as_str(&self) -> &'static str {
         match self {
             DeadLetterReason::Exhausted => "exhausted",
@@ -57,6 +73,7 @@ impl DeadLetterReason {
             DeadLetterReason::Overloaded => "overloaded",
             DeadLetterReason::Shutdown => "shutdown",
             DeadLetterReason::Failed => "failed",
+            DeadLetterReason::Permanent => "permanent",
         }
     }
 }
@@ -68,20 +85,40 @@ impl fmt::Display for DeadLetterReason {
 }
 
 /// An event (or any request) whose final outcome was a failure, with what is known about that failure.
-#[derive(Debug, Clone)]
+///
+/// With the `serde` feature it serializes (when `R` does) as a self-describing record, so a durable store
+/// or a broker can keep it and another process can read it back: the error as an [`ErrorRecord`], times
+/// as RFC 3339 strings.
+///
+/// ```
+/// use tower_listener::{DeadLetter, DeadLetterReason, Error, Event};
+///
+/// let event = Event::new("o-1", "order.created", serde_json::json!({"total": -5}));
+/// let letter = DeadLetter::new(event, Error::permanent(std::fmt::Error), "orders", 1, DeadLetterReason::Permanent);
+/// let json = serde_json::to_string(&letter).unwrap();
+/// let back: DeadLetter<Event> = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back.error.kind, "permanent");
+/// assert_eq!(back.request.id(), "o-1");
+/// assert_eq!(back, letter);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct DeadLetter<R> {
     /// The original request, exactly as it was handed to the stack.
     pub request: R,
-    /// The final error.
-    pub error: Error,
+    /// The final error, as a record (which keeps the [`Error`] itself while in this process).
+    pub error: ErrorRecord,
     /// The listener (or layer) name.
     pub listener: Arc<str>,
-    /// Attempts made (1 when there was no retry layer, or the event was rejected before its first one).
+    /// Attempts made (1 when there was no retry layer, or the event was rejected before its first one;
+    /// redrives that failed add theirs).
     pub attempts: u32,
     /// When the first attempt failed.
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339"))]
     pub first_failure_at: SystemTime,
-    /// When the event was dead-lettered.
+    /// When the event was dead-lettered (or last failed a redrive).
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339"))]
     pub dead_lettered_at: SystemTime,
     /// Why.
     pub reason: DeadLetterReason,
@@ -91,7 +128,7 @@ impl<R> DeadLetter<R> {
     /// A dead letter of `request`, failed with `error` for `reason`, dated now.
     pub fn new(
         request: R,
-        error: Error,
+        error: impl Into<ErrorRecord>,
         listener: impl Into<Arc<str>>,
         attempts: u32,
         reason: DeadLetterReason,
@@ -99,7 +136,7 @@ impl<R> DeadLetter<R> {
         let now = SystemTime::now();
         DeadLetter {
             request,
-            error,
+            error: error.into(),
             listener: listener.into(),
             attempts,
             first_failure_at: now,
@@ -116,6 +153,32 @@ pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send +
 ///
 /// A sink that returns an error or panics never crashes the caller: the dead-letter layer counts it in
 /// `dead_letter_failures`, logs it, and still returns the event's own error.
+///
+/// Besides the ready-made sinks ([`DeadLetterQueue`](super::DeadLetterQueue), [`dead_letter_fn`], mpsc
+/// senders), any type can be one. A sink that writes somewhere slow clones what it needs into its future:
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use tower_listener::{DeadLetter, DeadLetterSink, Event, SinkFuture};
+///
+/// /// Keeps the id and the error of each letter, as an audit log would.
+/// #[derive(Clone, Default)]
+/// struct AuditLog(Arc<Mutex<Vec<String>>>);
+///
+/// impl DeadLetterSink<Event> for AuditLog {
+///     fn send(&self, letter: DeadLetter<Event>) -> SinkFuture {
+///         let log = self.0.clone();
+///         Box::pin(async move {
+///             let line = format!("{} {}: {}", letter.reason, letter.request.id(), letter.error);
+///             log.lock().map_err(|_| "audit log poisoned")?.push(line);
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// let config = tower_listener::DeadLetterConfig::to_sink(AuditLog::default());
+/// # let _ = config;
+/// ```
 pub trait DeadLetterSink<R>: Send + Sync + 'static {
     /// Takes one dead letter.
     fn send(&self, letter: DeadLetter<R>) -> SinkFuture;

@@ -16,6 +16,16 @@ use crate::Error;
 pub const MAX_LIMIT: usize = 1 << 30;
 
 /// What a call does when every permit is taken.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
+///
+/// // At most 8 at once; a ninth waits up to 50 ms for a slot, then fails with `Error::Overloaded`.
+/// let limit = ConcurrencyLimitLayer::new(ConcurrencyConfig::new(8, LimitMode::WaitFor(Duration::from_millis(50))))?;
+/// # let _ = limit;
+/// # Ok::<_, tower_listener::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum LimitMode {
@@ -29,6 +39,16 @@ pub enum LimitMode {
 }
 
 /// Settings of a [`ConcurrencyLimitLayer`]. A plain number converts into one with the default mode.
+///
+/// ```
+/// use tower_listener::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
+///
+/// let waits = ConcurrencyLimitLayer::new(10)?; // LimitMode::Wait, the default
+/// let sheds = ConcurrencyLimitLayer::new(ConcurrencyConfig::new(10, LimitMode::Reject))?;
+/// assert!(ConcurrencyConfig::new(0, LimitMode::Wait).validate().is_err());
+/// # let _ = (waits, sheds);
+/// # Ok::<_, tower_listener::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConcurrencyConfig {
     /// Calls allowed in flight at once. Default 10.

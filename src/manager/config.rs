@@ -1,5 +1,8 @@
 //! [`ManagerConfig`] and [`ListenerConfig`], with their defaults.
 
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::health::{HealthThresholds, ManagerHealthThresholds};
@@ -12,6 +15,24 @@ use crate::retry::RetryPolicy;
 use crate::{Error, Event};
 
 /// Settings of a [`ListenerManager`](super::ListenerManager).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{ListenerManager, ManagerConfig};
+///
+/// let manager = ListenerManager::new(ManagerConfig {
+///     workers: 16,                                 // dispatched events processed at once
+///     queue: 10_000,                               // dispatched events that may wait
+///     unregister_timeout: Duration::from_secs(5),
+///     ..ManagerConfig::named("billing")
+/// })?;
+/// assert_eq!(manager.name(), "billing");
+///
+/// // Bad values are refused, naming the field.
+/// let bad = ManagerConfig { queue: 0, ..ManagerConfig::default() };
+/// assert!(matches!(bad.validate(), Err(tower_listener::Error::InvalidConfig { field: "queue", .. })));
+/// # Ok::<_, tower_listener::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     /// The manager's name, for logs. Default "listener-manager".
@@ -27,7 +48,8 @@ pub struct ManagerConfig {
     pub dead_letter_capacity: usize,
     /// How long `unregister` waits for a listener's in-flight events before cancelling them. Default 30 s.
     pub unregister_timeout: Duration,
-    /// The manager-level health rule. Default: 80 % healthy listeners → healthy, 50 % → degraded.
+    /// The manager-level health rule. Default: half the listeners unhealthy → unhealthy, fewer than 80 %
+    /// healthy → degraded (see [`ManagerHealthThresholds`]).
     pub health: ManagerHealthThresholds,
 }
 
@@ -72,6 +94,10 @@ impl ManagerConfig {
     }
 }
 
+/// Decides whether a handler's error means the event can never succeed (see
+/// [`ListenerConfig::permanent_when`]). It sees the handler's own error.
+pub type PermanentPredicate = Arc<dyn Fn(&(dyn StdError + 'static)) -> bool + Send + Sync>;
+
 /// Settings of one listener: the Go package's `ListenerConfig` fields and defaults, plus the health rule.
 ///
 /// ```
@@ -86,7 +112,6 @@ impl ManagerConfig {
 /// };
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Debug)]
 pub struct ListenerConfig<T = serde_json::Value> {
     /// The name used in metrics, logs and dead letters. Default `None`: the listener's id.
     pub name: Option<String>,
@@ -107,6 +132,10 @@ pub struct ListenerConfig<T = serde_json::Value> {
     pub health_window: Duration,
     /// The listener-level health rule. Default: ≥ 10 % failed attempts → degraded, > 50 % → unhealthy.
     pub health: HealthThresholds,
+    /// Which handler errors are permanent, for error types the handler cannot wrap with
+    /// [`Error::permanent`]. Default `None`: only errors the handler marks. See
+    /// [`permanent_when`](Self::permanent_when).
+    pub permanent_when: Option<PermanentPredicate>,
 }
 
 impl<T> Default for ListenerConfig<T> {
@@ -121,6 +150,7 @@ impl<T> Default for ListenerConfig<T> {
             dead_letter: DeadLetterConfig::default(),
             health_window: DEFAULT_HEALTH_WINDOW,
             health: HealthThresholds::default(),
+            permanent_when: None,
         }
     }
 }
@@ -137,7 +167,28 @@ impl<T> Clone for ListenerConfig<T> {
             dead_letter: self.dead_letter.clone(),
             health_window: self.health_window,
             health: self.health,
+            permanent_when: self.permanent_when.clone(),
         }
+    }
+}
+
+impl<T> fmt::Debug for ListenerConfig<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerConfig")
+            .field("name", &self.name)
+            .field("concurrency", &self.concurrency)
+            .field("concurrency_mode", &self.concurrency_mode)
+            .field("timeout", &self.timeout)
+            .field("retry_policy", &self.retry_policy)
+            .field("circuit", &self.circuit)
+            .field("dead_letter", &self.dead_letter)
+            .field("health_window", &self.health_window)
+            .field("health", &self.health)
+            .field(
+                "permanent_when",
+                &self.permanent_when.as_ref().map(|_| "predicate"),
+            )
+            .finish()
     }
 }
 
@@ -145,6 +196,30 @@ impl<T> ListenerConfig<T> {
     /// The defaults (the Go package's `DefaultListenerConfig`).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Treats the handler errors for which `predicate` is true as permanent ([`Error::Permanent`]): for
+    /// error types the handler cannot wrap, such as a serde error from `?`. The predicate sees the
+    /// handler's own error (a panic in it is caught, counted, and answers "not permanent").
+    ///
+    /// ```
+    /// use tower_listener::{Event, ListenerConfig};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { total: u64 }
+    ///
+    /// // The handler: `let order: Order = serde_json::from_value(event.data().clone())?;`
+    /// // A payload that does not parse will never parse: dead-letter it at once, do not retry it.
+    /// let config: ListenerConfig = ListenerConfig::default()
+    ///     .permanent_when(|error| error.is::<serde_json::Error>());
+    /// # let _ = config;
+    /// ```
+    pub fn permanent_when(
+        mut self,
+        predicate: impl Fn(&(dyn StdError + 'static)) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.permanent_when = Some(Arc::new(predicate));
+        self
     }
 
     /// The retry policy the listener really uses: `retry_policy`, with `max_retries` replaced by

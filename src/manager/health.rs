@@ -7,6 +7,19 @@ use crate::error::Error;
 use crate::metrics::WindowedAttempts;
 
 /// The health of a listener or of a whole manager.
+///
+/// ```
+/// use tower_listener::{Event, HealthStatus, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+/// let manager = ListenerManager::new(ManagerConfig::default())?;
+/// manager.register(listener_fn("audit", |_e: Event| async { Ok::<_, std::io::Error>(()) }), ListenerConfig::default())?;
+/// assert_eq!(manager.health(), HealthStatus::Healthy);
+/// manager.circuit_breaker("audit")?.force_open();
+/// assert_eq!(manager.listener_health("audit")?, HealthStatus::CircuitOpen);
+/// assert_eq!(manager.health().to_string(), "circuit-open");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "kebab-case"))]
@@ -40,7 +53,16 @@ impl fmt::Display for HealthStatus {
 }
 
 /// When a listener counts as degraded or unhealthy, by the failure ratio of its attempts over its health
-/// window.
+/// window. Permanent failures are left out of the ratio: a malformed event says nothing about the
+/// listener's dependencies.
+///
+/// ```
+/// use tower_listener::HealthThresholds;
+///
+/// // Stricter than the default: degraded from 5 % failed attempts, unhealthy above 25 %.
+/// let rule = HealthThresholds { degraded: 0.05, unhealthy: 0.25 };
+/// assert!(rule.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthThresholds {
     /// A failure ratio at or above this is `Degraded`. Default 0.1.
@@ -101,26 +123,44 @@ impl HealthThresholds {
     }
 }
 
-/// When a manager counts as healthy or degraded, by the share of its listeners that are healthy.
+/// How a manager's health follows from its listeners'.
+///
+/// No listeners → `Healthy`; any listener `CircuitOpen` → `CircuitOpen`; else at least `unhealthy_share`
+/// of the listeners `Unhealthy` → `Unhealthy`; else fewer than `healthy_share` of them `Healthy` →
+/// `Degraded`; else `Healthy`. So a manager whose listeners are merely degraded is never `Unhealthy`: its
+/// `/health` does not answer 503, and an orchestrator does not restart a service that is working.
+///
+/// ```
+/// use tower_listener::{HealthStatus::*, ManagerHealthThresholds};
+///
+/// let rule = ManagerHealthThresholds::default(); // healthy_share 0.8, unhealthy_share 0.5
+/// assert_eq!(rule.manager_health([Healthy, Degraded, Degraded]), Degraded);
+/// assert_eq!(rule.manager_health([Unhealthy, Unhealthy, Healthy]), Unhealthy);
+/// assert_eq!(rule.manager_health([Healthy, CircuitOpen, Healthy]), CircuitOpen);
+/// assert_eq!(rule.manager_health([Healthy, Healthy]), Healthy);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ManagerHealthThresholds {
-    /// At least this share of healthy listeners is `Healthy`. Default 0.8.
+    /// Fewer than this share of `Healthy` listeners is `Degraded`. Default 0.8. In `[0, 1]`; 0 never
+    /// reports `Degraded`.
     pub healthy_share: f64,
-    /// At least this share is `Degraded`; less is `Unhealthy`. Default 0.5.
-    pub degraded_share: f64,
+    /// At least this share of `Unhealthy` listeners is `Unhealthy`. Default 0.5. In `(0, 1]`: a share of
+    /// 0 would call every manager unhealthy.
+    pub unhealthy_share: f64,
 }
 
 impl Default for ManagerHealthThresholds {
     fn default() -> Self {
         ManagerHealthThresholds {
             healthy_share: 0.8,
-            degraded_share: 0.5,
+            unhealthy_share: 0.5,
         }
     }
 }
 
 impl ManagerHealthThresholds {
-    /// Checks that `0 <= degraded_share <= healthy_share <= 1`.
+    /// Checks that `healthy_share` is in `[0, 1]` and `unhealthy_share` in `(0, 1]` (the two are
+    /// independent: one counts healthy listeners, the other unhealthy ones).
     pub fn validate(&self) -> Result<(), Error> {
         if !(0.0..=1.0).contains(&self.healthy_share) {
             return Err(Error::invalid_config(
@@ -128,39 +168,39 @@ impl ManagerHealthThresholds {
                 "must be between 0 and 1",
             ));
         }
-        if !(0.0..=1.0).contains(&self.degraded_share) || self.degraded_share > self.healthy_share {
+        if !(self.unhealthy_share > 0.0 && self.unhealthy_share <= 1.0) {
             return Err(Error::invalid_config(
-                "health.degraded_share",
-                "must be between 0 and health.healthy_share",
+                "health.unhealthy_share",
+                "must be greater than 0 and at most 1",
             ));
         }
         Ok(())
     }
 
-    /// The manager's health from its listeners': none → `Healthy`; any `CircuitOpen` → `CircuitOpen`;
-    /// else by the share of `Healthy` listeners.
+    /// The manager's health from its listeners' (see the type's docs for the rule).
     pub fn manager_health(
         &self,
         listeners: impl IntoIterator<Item = HealthStatus>,
     ) -> HealthStatus {
-        let (mut total, mut healthy) = (0usize, 0usize);
+        let (mut total, mut healthy, mut unhealthy) = (0usize, 0usize, 0usize);
         for status in listeners {
             if status == HealthStatus::CircuitOpen {
                 return HealthStatus::CircuitOpen;
             }
             total += 1;
             healthy += usize::from(status == HealthStatus::Healthy);
+            unhealthy += usize::from(status == HealthStatus::Unhealthy);
         }
         if total == 0 {
             return HealthStatus::Healthy;
         }
-        let share = healthy as f64 / total as f64;
-        if share >= self.healthy_share {
-            HealthStatus::Healthy
-        } else if share >= self.degraded_share {
+        let share = |n: usize| n as f64 / total as f64;
+        if share(unhealthy) >= self.unhealthy_share {
+            HealthStatus::Unhealthy
+        } else if share(healthy) < self.healthy_share {
             HealthStatus::Degraded
         } else {
-            HealthStatus::Unhealthy
+            HealthStatus::Healthy
         }
     }
 }

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
-use tower::util::{MapResponseLayer, ServiceFn};
+use tower::util::{MapErr, MapResponseLayer, ServiceFn};
 use tower::{BoxError, Service, ServiceBuilder};
 use tracing::{Instrument, Span};
 
@@ -71,6 +71,30 @@ impl<S> Listener<S> {
 
 /// A listener from an async closure `Fn(Event<T>) -> impl Future<Output = Result<R, E>>`, where `E` is any
 /// error (`Into<tower::BoxError>`); the response `R` is discarded.
+///
+/// ```
+/// use tower_listener::{Error, Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("inventory service unavailable")]
+/// struct InventoryDown;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+/// let manager = ListenerManager::new(ManagerConfig::default())?;
+/// manager.register(
+///     listener_fn("reserve-stock", |event: Event| async move {
+///         let sku = event.data()["sku"].as_str().unwrap_or_default().to_owned();
+///         if sku.is_empty() {
+///             return Err(InventoryDown); // retried with backoff, then dead-lettered
+///         }
+///         Ok(sku) // the response is discarded
+///     }),
+///     ListenerConfig::default(),
+/// )?;
+/// manager.start().await?;
+/// manager.process("reserve-stock", Event::new("r-1", "stock.reserve", serde_json::json!({"sku": "A-7"}))).await?;
+/// # Ok(()) }
+/// ```
 pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
     Listener::new(id, tower::service_fn(f))
 }
@@ -187,9 +211,10 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         manager: &ManagerConfig,
     ) -> Result<Self, Error>
     where
-        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + Sync + 'static,
+        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        E: Into<BoxError>,
+        E: Into<BoxError> + 'static,
+        R: 'static,
     {
         if listener.id.trim().is_empty() {
             return Err(Error::invalid_config("id", "must not be empty"));
@@ -217,29 +242,35 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             metrics.clone(),
         )?
         .shared();
-        let retry = RetryLayer::with_metrics(config.effective_retry_policy(), metrics.clone())?;
-        let breaker = CircuitBreakerLayer::with_metrics(config.circuit.clone(), metrics.clone())?;
-        let handle = breaker.handle();
-        let limit =
-            ConcurrencyLimitLayer::new(config.concurrency_config())?.with_metrics(metrics.clone());
-        let timeout = TimeoutLayer::new(config.timeout)?.with_metrics(metrics.clone());
+        let layers = AttemptLayers {
+            retry: RetryLayer::with_metrics(config.effective_retry_policy(), metrics.clone())?,
+            breaker: CircuitBreakerLayer::with_metrics(config.circuit.clone(), metrics.clone())?,
+            limit: ConcurrencyLimitLayer::new(config.concurrency_config())?
+                .with_metrics(metrics.clone()),
+            timeout: TimeoutLayer::new(config.timeout)?.with_metrics(metrics.clone()),
+            metrics: metrics.clone(),
+        };
+        let handle = layers.breaker.handle();
         let handler = ServiceBuilder::new()
             .layer(MapResponseLayer::new(|_: R| ()))
             .service(listener.service);
-        let attempts = ServiceBuilder::new()
-            .layer(retry)
-            .layer(breaker)
-            .layer(limit)
-            .layer(timeout)
-            .layer(MetricsLayer::per_attempt(metrics.clone()))
-            .layer(CatchPanicLayer)
-            .service(handler);
+        // The predicate, when there is one, is a step of its own around the handler (inside the panic
+        // catcher, so a panicking predicate is contained too); a listener without one pays nothing for it.
+        let stack = match config.permanent_when.clone() {
+            None => layers.stack(handler),
+            Some(predicate) => {
+                let counted = metrics.clone();
+                layers.stack(MapErr::new(handler, move |error: E| {
+                    mark_permanent(Error::from_boxed(error.into()), &*predicate, &counted)
+                }))
+            }
+        };
         Ok(ManagedListener {
             id: listener.id,
             metrics,
             breaker: handle,
             health: config.health,
-            stack: Box::new(Stack::new(attempts)),
+            stack,
             dead_letters,
             queue,
             in_flight: InFlight::default(),
@@ -248,6 +279,58 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             cancelled: Notify::new(),
             shutdowns: AtomicU64::new(0),
         })
+    }
+}
+
+/// The layers of a listener's attempts, before they wrap its handler.
+struct AttemptLayers {
+    retry: RetryLayer,
+    breaker: CircuitBreakerLayer,
+    limit: ConcurrencyLimitLayer,
+    timeout: TimeoutLayer,
+    metrics: Arc<ListenerMetrics>,
+}
+
+impl AttemptLayers {
+    /// retry → breaker → limit → timeout → metrics (per attempt) → panic catcher → `handler`, type-erased.
+    fn stack<T, H>(self, handler: H) -> Box<dyn EventStack<T>>
+    where
+        T: Send + Sync + 'static,
+        H: Service<Event<T>, Response = ()> + Clone + Send + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        let attempts = ServiceBuilder::new()
+            .layer(self.retry)
+            .layer(self.breaker)
+            .layer(self.limit)
+            .layer(self.timeout)
+            .layer(MetricsLayer::per_attempt(self.metrics))
+            .layer(CatchPanicLayer)
+            .service(handler);
+        Box::new(Stack::new(attempts))
+    }
+}
+
+/// `error`, made permanent when it is a handler error `predicate` matches. A panicking predicate is
+/// counted and leaves the error as it is.
+fn mark_permanent(
+    error: Error,
+    predicate: &(dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync),
+    metrics: &ListenerMetrics,
+) -> Error {
+    let Error::Handler(source) = &error else {
+        return error;
+    };
+    let source: &(dyn std::error::Error + 'static) = &**source;
+    match catch_unwind(AssertUnwindSafe(|| predicate(source))) {
+        Ok(true) => error.into_permanent(),
+        Ok(false) => error,
+        Err(_) => {
+            metrics.panicked();
+            tracing::error!(target: "tower_listener::manager", listener = metrics.name(), "permanent_when panicked; the error is not permanent");
+            error
+        }
     }
 }
 
@@ -376,7 +459,17 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// Re-processes the listener's queued dead letters without the dead-letter layer.
     pub(crate) async fn redrive(&self) -> Option<crate::dead_letter::RedriveReport> {
         let queue = self.queue.as_ref()?;
-        let service = tower::service_fn(|event: Event<T>| Lease::new(&*self.stack, event));
+        let service = tower::service_fn(|event: Event<T>| {
+            let lease = Lease::new(&*self.stack, event);
+            async move {
+                let result = lease.await;
+                match &result {
+                    Err(error) if error.is_rejection() => {}
+                    _ => self.metrics.redriven(result.is_ok()),
+                }
+                result
+            }
+        });
         Some(queue.redrive(service).await)
     }
 

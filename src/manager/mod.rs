@@ -30,7 +30,7 @@ mod pool;
 mod registry;
 mod stack;
 
-pub use config::{ListenerConfig, ManagerConfig};
+pub use config::{ListenerConfig, ManagerConfig, PermanentPredicate};
 pub use health::{HealthStatus, HealthThresholds, ManagerHealthThresholds};
 pub use listener::{listener_fn, Listener};
 
@@ -52,6 +52,19 @@ use pool::{Job, Pool};
 use registry::Registry;
 
 /// `dispatch` refused an event: why, and the event itself, untouched.
+///
+/// ```
+/// use tower_listener::{Error, Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+/// let manager = ListenerManager::new(ManagerConfig::default())?;
+/// manager.register(listener_fn("audit", |_e: Event| async { Ok::<_, std::io::Error>(()) }), ListenerConfig::default())?;
+/// // Not started yet: the event comes back, so the caller can keep it, retry later, or answer 503.
+/// let refused = manager.dispatch("audit", Event::new("a-1", "audit.logged", serde_json::json!({}))).unwrap_err();
+/// assert!(matches!(refused.error, Error::NotRunning));
+/// assert_eq!(refused.event.id(), "a-1");
+/// # Ok(()) }
+/// ```
 pub struct DispatchError<T = serde_json::Value> {
     /// [`Error::Overloaded`] (queue full), [`Error::NotRunning`] or [`Error::NotFound`].
     pub error: Error,
@@ -92,6 +105,29 @@ impl<T> From<DispatchError<T>> for Error {
 }
 
 /// What `stop` (or `unregister`) did.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), tower_listener::Error> {
+/// let manager = ListenerManager::new(ManagerConfig::default())?;
+/// manager.register(
+///     listener_fn("slow", |_e: Event| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<_, std::io::Error>(())
+///     }),
+///     ListenerConfig { timeout: Duration::from_secs(120), ..Default::default() },
+/// )?;
+/// manager.start().await?;
+/// manager.dispatch("slow", Event::new("s-1", "slow", serde_json::json!({})))?;
+/// let report = manager.stop(Duration::from_secs(5)).await?;
+/// // It ran past the deadline: cancelled, and dead-lettered with reason `shutdown`.
+/// assert!(!report.drained);
+/// assert_eq!(report.cancelled, 1);
+/// assert_eq!(manager.dead_letters("slow")?.unwrap().len(), 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StopReport {
@@ -271,12 +307,51 @@ impl<T> ListenerManager<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> ListenerManager<T> {
-    /// A stopped manager with no listeners.
+impl ListenerManager<serde_json::Value> {
+    /// A stopped manager with no listeners, for events whose payload is JSON ([`serde_json::Value`], the
+    /// common case). For a typed payload use [`typed`](ListenerManager::typed).
+    ///
+    /// ```
+    /// use tower_listener::{ListenerManager, ManagerConfig};
+    ///
+    /// let manager = ListenerManager::new(ManagerConfig::named("app"))?; // ListenerManager<serde_json::Value>
+    /// assert_eq!(manager.name(), "app");
+    /// # Ok::<_, tower_listener::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the first bad field of `config`.
     pub fn new(config: ManagerConfig) -> Result<Self, Error> {
+        Self::typed(config)
+    }
+}
+
+impl<T: Send + Sync + 'static> ListenerManager<T> {
+    /// A stopped manager with no listeners, for events whose payload is a `T`.
+    ///
+    /// ```
+    /// use tower_listener::{Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+    ///
+    /// #[derive(Clone, Debug)]
+    /// struct Order { total: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+    /// let manager = ListenerManager::<Order>::typed(ManagerConfig::named("shop"))?;
+    /// manager.register(
+    ///     listener_fn("orders", |event: Event<Order>| async move {
+    ///         assert_eq!(event.data().total, 42);
+    ///         Ok::<_, std::io::Error>(())
+    ///     }),
+    ///     ListenerConfig::default(),
+    /// )?;
+    /// manager.start().await?;
+    /// manager.process("orders", Event::new("o-1", "order.created", Order { total: 42 })).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first bad field of `config`.
+    pub fn typed(config: ManagerConfig) -> Result<Self, Error> {
         config.validate()?;
         Ok(ListenerManager {
             inner: Arc::new(Inner {
@@ -301,9 +376,10 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         config: ListenerConfig<T>,
     ) -> Result<(), Error>
     where
-        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + Sync + 'static,
+        S: Service<Event<T>, Response = R, Error = E> + Clone + Send + 'static,
         S::Future: Send + 'static,
-        E: Into<BoxError>,
+        E: Into<BoxError> + 'static,
+        R: 'static,
     {
         let managed = ManagedListener::build(listener, config, &self.inner.config)?;
         self.inner.listeners.update(|listeners| {

@@ -148,7 +148,9 @@ struct ShardInner<S, T> {
 }
 
 pub(crate) struct Stack<S, T> {
-    prototype: S,
+    /// Cloned for the slow path; behind a mutex so that the stack is `Sync` whatever the handler (a
+    /// `BoxCloneService` is `Send` but not `Sync`).
+    prototype: Mutex<S>,
     shards: Box<[Shard<S, T>]>,
 }
 
@@ -163,7 +165,7 @@ impl<S: Clone, T> Stack<S, T> {
                     }),
                 })
                 .collect(),
-            prototype: service,
+            prototype: Mutex::new(service),
         }
     }
 
@@ -174,7 +176,7 @@ impl<S: Clone, T> Stack<S, T> {
 
 impl<S, T> EventStack<T> for Stack<S, T>
 where
-    S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + Sync + 'static,
+    S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + 'static,
     S::Future: Send + 'static,
     T: Send + Sync + 'static,
 {
@@ -207,7 +209,12 @@ where
                 });
             }
         }
-        let service = self.prototype.clone();
+        // Only clones happen under this lock; a poisoned one still holds a valid service.
+        let service = self
+            .prototype
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Box::pin(Fallback {
             future: async move { service.oneshot(event).await },
         })

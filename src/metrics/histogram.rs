@@ -48,20 +48,62 @@ fn bucket_floor(index: usize) -> u64 {
 }
 
 /// A summary of recorded latencies.
+///
+/// With the `serde` feature it serializes with each duration as whole nanoseconds (`p50_ns`, …), exact
+/// and readable by any tool.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::{Error, ListenerMetrics, MetricsLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let metrics = Arc::new(ListenerMetrics::new("orders"));
+/// let svc = ServiceBuilder::new()
+///     .layer(MetricsLayer::per_event(metrics.clone()))
+///     .service(service_fn(|n: u32| async move { Ok::<_, Error>(n) }));
+/// svc.oneshot(1).await.unwrap();
+/// let latency = metrics.snapshot().event_latency;
+/// assert_eq!(latency.count, 1);
+/// assert!(latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LatencySummary {
     /// How many latencies were recorded.
     pub count: u64,
     /// Median.
+    #[cfg_attr(feature = "serde", serde(rename = "p50_ns", with = "nanos"))]
     pub p50: Duration,
     /// 90th percentile.
+    #[cfg_attr(feature = "serde", serde(rename = "p90_ns", with = "nanos"))]
     pub p90: Duration,
     /// 99th percentile.
+    #[cfg_attr(feature = "serde", serde(rename = "p99_ns", with = "nanos"))]
     pub p99: Duration,
     /// 99.9th percentile.
+    #[cfg_attr(feature = "serde", serde(rename = "p999_ns", with = "nanos"))]
     pub p999: Duration,
     /// The largest recorded latency (saturated at one hour).
+    #[cfg_attr(feature = "serde", serde(rename = "max_ns", with = "nanos"))]
     pub max: Duration,
+}
+
+/// A duration as whole nanoseconds (a `u64` holds 584 years; recorded latencies saturate at one hour).
+#[cfg(feature = "serde")]
+mod nanos {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_nanos)
+    }
 }
 
 impl LatencySummary {

@@ -53,6 +53,31 @@ enum Scope {
 /// attempt and feeds the health window). The manager places both.
 ///
 /// Dropping the response future before it completes records nothing but the end of `in_flight`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_listener::{Error, ListenerMetrics, MetricsLayer, RetryLayer, RetryPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Error> {
+/// let metrics = Arc::new(ListenerMetrics::new("inventory"));
+/// let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// let svc = ServiceBuilder::new()
+///     .layer(MetricsLayer::per_event(metrics.clone()))
+///     .layer(RetryLayer::with_metrics(RetryPolicy::default(), metrics.clone())?)
+///     .layer(MetricsLayer::per_attempt(metrics.clone()))
+///     .service(service_fn(move |_: ()| {
+///         let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+///         async move { if n == 0 { Err(Error::handler(std::fmt::Error)) } else { Ok(()) } }
+///     }));
+/// svc.oneshot(()).await?;
+/// let stats = metrics.snapshot();
+/// // One event, two attempts (the first failed and was retried).
+/// assert_eq!((stats.events_succeeded, stats.attempts, stats.attempt_failures, stats.events_retried), (1, 2, 1, 1));
+/// assert!(stats.event_latency.max >= Duration::from_millis(100)); // the backoff is part of the event
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Shared<ListenerMetrics>,
@@ -224,6 +249,9 @@ where
                     None => clock::now().saturating_duration_since(*this.started),
                 };
                 this.metrics.event_finished(result.is_ok(), latency);
+                if let Err(Error::Permanent(_)) = &result {
+                    this.metrics.permanent_failure();
+                }
             }
             Scope::Attempt => {
                 let now = clock::now();
@@ -233,9 +261,13 @@ where
                     started: *this.started,
                     latency,
                 }));
-                this.metrics.attempt_finished(result.is_ok(), latency, now);
-                if let Err(Error::Panicked { .. }) = &result {
-                    this.metrics.panicked();
+                match &result {
+                    Err(Error::Permanent(_)) => this.metrics.attempt_failed_permanently(latency),
+                    Err(Error::Panicked { .. }) => {
+                        this.metrics.attempt_finished(false, latency, now);
+                        this.metrics.panicked();
+                    }
+                    _ => this.metrics.attempt_finished(result.is_ok(), latency, now),
                 }
                 tracing::debug!(
                     target: "tower_listener::attempt",

@@ -69,6 +69,7 @@ pub struct ListenerMetrics {
 struct Counts {
     events_succeeded: AtomicU64,
     events_failed: AtomicU64,
+    permanent_failures: AtomicU64,
     events_retried: AtomicU64,
     attempt_successes: AtomicU64,
     attempt_failures: AtomicU64,
@@ -80,6 +81,8 @@ struct Counts {
     in_flight: AtomicU64,
     circuit_trips: AtomicU64,
     panics: AtomicU64,
+    redriven_succeeded: AtomicU64,
+    redriven_failed: AtomicU64,
 }
 
 /// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
@@ -87,7 +90,25 @@ struct Counts {
 /// The counters are defined once and mean the same at listener and manager level.
 /// `events_processed == events_succeeded + events_failed` holds for every snapshot (the first is derived
 /// from the other two).
+///
+/// ```
+/// use tower_listener::{Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+/// let manager = ListenerManager::new(ManagerConfig::default())?;
+/// manager.register(listener_fn("audit", |_e: Event| async { Ok::<_, std::io::Error>(()) }), ListenerConfig::default())?;
+/// manager.start().await?;
+/// manager.process("audit", Event::new("a-1", "audit.logged", serde_json::json!({}))).await?;
+/// let stats = manager.stats();
+/// assert_eq!((stats.events_processed, stats.events_succeeded, stats.attempts), (1, 1, 1));
+/// // With the `serde` feature (on by default) a snapshot is a JSON document, for a status page or a log.
+/// let json = serde_json::to_value(&stats).unwrap();
+/// assert_eq!(json["events_succeeded"], 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 #[non_exhaustive]
 pub struct Stats {
     /// Listeners registered (1 for a listener's own stats).
@@ -98,8 +119,11 @@ pub struct Stats {
     pub events_processed: u64,
     /// Events that finally succeeded.
     pub events_succeeded: u64,
-    /// Events that finally failed (whether or not they were dead-lettered).
+    /// Events that finally failed (whether or not they were dead-lettered); permanent failures included.
     pub events_failed: u64,
+    /// Events that failed permanently ([`Error::Permanent`](crate::Error::Permanent)): not retried, not
+    /// counted by the breaker nor in health. Also counted in `events_failed`.
+    pub permanent_failures: u64,
     /// Retry attempts (attempts after the first).
     pub events_retried: u64,
     /// Attempts that reached the handler (first tries and retries).
@@ -123,6 +147,11 @@ pub struct Stats {
     /// Panics caught in user code: handlers, dead-letter sinks and capture filters, breaker hooks and
     /// classifiers, retry conditions. Each was contained (the process and the manager go on) and logged.
     pub panics: u64,
+    /// Dead letters redriven that succeeded (and were removed from their store).
+    pub redriven_succeeded: u64,
+    /// Dead letters redriven that failed again (and were kept). A letter a redrive did not run because
+    /// of a rejection is in neither count.
+    pub redriven_failed: u64,
     /// Latency of whole events, retries and backoff included.
     pub event_latency: LatencySummary,
     /// Latency of single attempts.
@@ -138,6 +167,7 @@ impl Stats {
         self.events_processed += other.events_processed;
         self.events_succeeded += other.events_succeeded;
         self.events_failed += other.events_failed;
+        self.permanent_failures += other.permanent_failures;
         self.events_retried += other.events_retried;
         self.attempts += other.attempts;
         self.attempt_failures += other.attempt_failures;
@@ -149,6 +179,8 @@ impl Stats {
         self.circuit_breakers += other.circuit_breakers;
         self.circuit_trips += other.circuit_trips;
         self.panics += other.panics;
+        self.redriven_succeeded += other.redriven_succeeded;
+        self.redriven_failed += other.redriven_failed;
         self.event_latency = self.event_latency.merge_upper_bound(other.event_latency);
         self.attempt_latency = self
             .attempt_latency
@@ -157,6 +189,16 @@ impl Stats {
 }
 
 /// Attempt outcomes over the health window.
+///
+/// ```
+/// use tower_listener::{CircuitState, HealthStatus, HealthThresholds};
+/// use tower_listener::metrics::WindowedAttempts;
+///
+/// let attempts = WindowedAttempts { succeeded: 85, failed: 15 };
+/// assert_eq!(attempts.failure_ratio(), 0.15);
+/// let health = HealthThresholds::default().listener_health(CircuitState::Closed, attempts);
+/// assert_eq!(health, HealthStatus::Degraded);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowedAttempts {
     /// Attempts that succeeded inside the window.
@@ -219,6 +261,7 @@ impl ListenerMetrics {
             events_processed: events_succeeded + events_failed,
             events_succeeded,
             events_failed,
+            permanent_failures: self.sum(|c| &c.permanent_failures),
             events_retried: self.sum(|c| &c.events_retried),
             attempts: self.sum(|c| &c.attempt_successes) + attempt_failures,
             attempt_failures,
@@ -230,6 +273,8 @@ impl ListenerMetrics {
             circuit_breakers: u64::from(state.is_open()),
             circuit_trips: self.sum(|c| &c.circuit_trips),
             panics: self.sum(|c| &c.panics),
+            redriven_succeeded: self.sum(|c| &c.redriven_succeeded),
+            redriven_failed: self.sum(|c| &c.redriven_failed),
             event_latency: self.event_latency.summary(),
             attempt_latency: self.attempt_latency.summary(),
         }
@@ -287,10 +332,24 @@ impl ListenerMetrics {
         self.mine().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// An event failed permanently (besides `event_finished`, which counts it as failed).
+    pub(crate) fn permanent_failure(&self) {
+        self.mine()
+            .permanent_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
     /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
     pub(crate) fn event_cancelled(&self) {
         self.mine().events_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An attempt failed permanently: a failed attempt that the health window leaves out (it says
+    /// nothing about the listener's dependencies).
+    pub(crate) fn attempt_failed_permanently(&self, latency: Duration) {
+        self.attempt_latency.record(latency);
+        self.mine().attempt_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An attempt ran to an outcome at `now`, `latency` after it started.
@@ -316,6 +375,17 @@ impl ListenerMetrics {
     /// A panic in user code was caught.
     pub(crate) fn panicked(&self) {
         self.mine().panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A redriven dead letter ran to an outcome.
+    pub(crate) fn redriven(&self, success: bool) {
+        let counts = self.mine();
+        let counter = if success {
+            &counts.redriven_succeeded
+        } else {
+            &counts.redriven_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn retried(&self) {

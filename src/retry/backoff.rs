@@ -5,6 +5,19 @@ use std::time::Duration;
 
 /// How the delay grows from one retry to the next, before the cap. `d` is the initial delay and `n` the
 /// retry number (1, 2, …).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{Backoff, RetryPolicy};
+///
+/// let d = Duration::from_millis(100);
+/// assert_eq!(Backoff::exponential().delay(d, 3), Duration::from_millis(400)); // d·2^(n-1)
+/// assert_eq!(Backoff::Quadratic.delay(d, 3), Duration::from_millis(900));     // the Go package's table
+/// assert_eq!(Backoff::Linear.delay(d, 3), Duration::from_millis(300));
+/// assert_eq!(Backoff::Fixed.delay(d, 3), d);
+/// let policy = RetryPolicy { backoff: Backoff::Exponential { factor: 3.0 }, ..RetryPolicy::default() };
+/// # let _ = policy;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Backoff {
@@ -85,6 +98,20 @@ impl fmt::Display for Backoff {
 }
 
 /// Randomness added to each delay, after the cap (so it survives at the cap).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_listener::{Jitter, RetryPolicy};
+///
+/// // A fleet of consumers retrying the same outage should not retry in step.
+/// let policy = RetryPolicy {
+///     jitter: Jitter::Full,            // each delay drawn from U(0, delay)
+///     max_delay: Some(Duration::from_secs(10)),
+///     seed: Some(7),                   // reproducible in tests
+///     ..RetryPolicy::default()
+/// };
+/// assert!(policy.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Jitter {

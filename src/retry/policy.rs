@@ -47,7 +47,8 @@ pub struct RetryPolicy {
     /// Randomness added after the cap. Default [`Jitter::None`].
     pub jitter: Jitter,
     /// Which errors are retried. Default ([`RetryPolicy::default_condition`]): handler errors, timeouts and
-    /// panics; never rejections. A panic inside it counts as "do not retry" and is logged.
+    /// panics; never rejections. A panic inside it counts as "do not retry" and is logged. It is not asked
+    /// about [permanent](Error::Permanent) errors: those are never retried.
     pub retry_condition: Option<RetryCondition>,
     /// A budget shared by every clone of this policy. Default `None` (no budget).
     pub budget: Option<RetryBudget>,
@@ -101,9 +102,12 @@ impl RetryPolicy {
         self
     }
 
-    /// Whether `error` should be retried under this policy's condition. A panicking condition is caught,
-    /// counted in `metrics`, and answers false.
+    /// Whether `error` should be retried under this policy's condition. A permanent error never is,
+    /// whatever the condition. A panicking condition is caught, counted in `metrics`, and answers false.
     pub(crate) fn should_retry(&self, error: &Error, metrics: Option<&ListenerMetrics>) -> bool {
+        if error.is_permanent() {
+            return false;
+        }
         match &self.retry_condition {
             None => Self::default_condition(error),
             Some(condition) => match catch_unwind(AssertUnwindSafe(|| condition(error))) {

@@ -67,6 +67,11 @@ pub type BoxFut = Pin<Box<dyn Future<Output = Result<&'static str, Error>> + Sen
 #[error("scripted failure")]
 pub struct ScriptedFailure;
 
+/// What a handler returns for a payload it cannot read (for `permanent_when` tests).
+#[derive(Debug, thiserror::Error)]
+#[error("payload cannot be read")]
+pub struct Unreadable;
+
 /// A handler that does what each request says, and its probe.
 pub fn handler() -> (
     impl Service<Call, Response = &'static str, Error = Error, Future = BoxFut> + Clone + Send + 'static,
@@ -123,10 +128,11 @@ pub mod events {
 
     use tower_listener::{CircuitConfig, Error, Event, Listener, ListenerConfig, RetryPolicy};
 
-    use super::ScriptedFailure;
+    use super::{ScriptedFailure, Unreadable};
 
     /// `kind` is one of "ok", "fail", "panic", "hang", "slow" (sleeps `data` ms, then succeeds),
-    /// "flaky" (fails the first `data` attempts of this event id, then succeeds).
+    /// "flaky" (fails the first `data` attempts of this event id, then succeeds), "permanent" (fails with
+    /// `Error::permanent`), "unreadable" (fails with the handler error `Unreadable`).
     pub fn event(id: impl Into<String>, kind: &str, data: u64) -> Event {
         Event::new(id, kind, serde_json::json!(data))
     }
@@ -179,6 +185,8 @@ pub mod events {
                 match event.event_type() {
                     "ok" => Ok(()),
                     "fail" => Err(Error::handler(ScriptedFailure)),
+                    "permanent" => Err(Error::permanent(ScriptedFailure)),
+                    "unreadable" => Err(Error::handler(Unreadable)),
                     "panic" => panic!("scripted panic"),
                     "hang" => std::future::pending().await,
                     "slow" => {
