@@ -5,10 +5,15 @@
 //! cargo run --example axum_service --features axum
 //! curl -s localhost:3000/health
 //! curl -s -XPOST localhost:3000/events/orders -H 'content-type: application/json' \
-//!      -d '{"id":"o-1","event_type":"order.created","timestamp":{"secs_since_epoch":0,"nanos_since_epoch":0},"data":{"total":42}}'
+//!      -d '{"specversion":"1.0","id":"o-1","type":"order.created","time":"2026-12-01T10:00:00Z","data":{"total":42}}'
+//! curl -s -XPOST localhost:3000/events/orders -H 'content-type: application/json' \
+//!      -d '{"specversion":"1.0","id":"o-2","type":"order.created","data":{"total":-1}}'   # 422, permanent
 //! curl -s localhost:3000/inventory/sku-7
 //! ```
-//! `PORT` sets the port (default 3000). Ctrl-C stops the server, then the manager, gracefully.
+//! An invalid order is a permanent failure: answered 422 at once, dead-lettered, never retried, and it
+//! never opens the `orders` breaker, so valid orders keep flowing.
+//!
+//! `PORT` sets the port (default 3000). Ctrl-C or SIGTERM stops the server, then the manager, gracefully.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +25,9 @@ use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_listener::{
-    listener_fn, CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig, ConcurrencyLimitLayer,
-    Error, Event, LimitMode, ListenerConfig, ListenerManager, ManagerConfig, TimeoutLayer,
+    listener_fn, shutdown_signal, CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig,
+    ConcurrencyLimitLayer, Error, Event, LimitMode, ListenerConfig, ListenerManager, ManagerConfig,
+    TimeoutLayer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener_fn("orders", |event: Event| async move {
             match event.data()["total"].as_i64() {
                 Some(total) if total > 0 => Ok(()),
-                _ => Err(InvalidOrder),
+                // Retrying an invalid order cannot help, and it says nothing about our dependencies.
+                _ => Err(Error::permanent(InvalidOrder)),
             }
         }),
         ListenerConfig::default(),
@@ -87,11 +94,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // The server has stopped taking requests: give the events still running 10 s, then dead-letter them.
     let report = manager.stop(Duration::from_secs(10)).await?;
-    println!("stopped: drained = {}", report.drained);
+    println!(
+        "stopped: drained = {}, cancelled = {}",
+        report.drained, report.cancelled
+    );
     Ok(())
 }

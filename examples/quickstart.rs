@@ -1,7 +1,8 @@
 //! The main job: a realistic event flow through a `ListenerManager`.
 //!
 //! Three listeners, each with the protection its dependency needs:
-//! - `orders`: a database that fails now and then (transient errors): retried with backoff.
+//! - `orders`: a database that fails now and then (transient errors): retried with backoff; the odd
+//!   invalid order (total 0) is a permanent failure, dead-lettered at once.
 //! - `payments`: a payment provider that goes down for 1.5 s and comes back: its circuit breaker opens,
 //!   rejects fast while it is down, probes, and closes again.
 //! - `notifications`: an email API that is sometimes slow: attempts past 40 ms time out.
@@ -29,6 +30,8 @@ enum DependencyError {
     Deadlock,
     #[error("payment provider unavailable (HTTP 503)")]
     ProviderDown,
+    #[error("order total must be positive")]
+    InvalidOrder,
 }
 
 const EVENTS_PER_LISTENER: u64 = 1_000;
@@ -61,10 +64,14 @@ async fn main() -> Result<(), Error> {
             let attempt = tries.fetch_add(1, Ordering::Relaxed);
             async move {
                 tokio::time::sleep(Duration::from_millis(2 + roll(attempt) % 8)).await;
-                if roll(attempt ^ 0xABCD) < 150 {
-                    return Err(DependencyError::Deadlock);
+                // An order without a positive total can never succeed: say so, and it is
+                // dead-lettered at once instead of retried (and the breaker does not count it).
+                if event.data()["total"].as_u64().unwrap_or(0) == 0 {
+                    return Err(Error::permanent(DependencyError::InvalidOrder));
                 }
-                let _order_total = event.data()["total"].as_u64();
+                if roll(attempt ^ 0xABCD) < 150 {
+                    return Err(Error::handler(DependencyError::Deadlock));
+                }
                 Ok(())
             }
         }),
@@ -168,7 +175,7 @@ async fn main() -> Result<(), Error> {
             let event = Event::new(
                 format!("{kind}-{n}"),
                 kind,
-                serde_json::json!({ "seq": n, "total": n * 7 % 500 }),
+                serde_json::json!({ "seq": n, "total": n * 7 % 100 }),
             );
             match manager.dispatch(listener, event) {
                 Ok(()) => accepted += 1,
