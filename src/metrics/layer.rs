@@ -248,9 +248,9 @@ where
                     Some(attempt) => attempt.at.saturating_duration_since(*this.started),
                     None => clock::now().saturating_duration_since(*this.started),
                 };
-                this.metrics.event_finished(result.is_ok(), latency);
-                if let Err(Error::Permanent(_)) = &result {
-                    this.metrics.permanent_failure();
+                match &result {
+                    Ok(_) => this.metrics.event_finished(true, latency),
+                    Err(error) => this.metrics.event_failed(error, latency),
                 }
             }
             Scope::Attempt => {
@@ -262,12 +262,8 @@ where
                     latency,
                 }));
                 match &result {
-                    Err(Error::Permanent(_)) => this.metrics.attempt_failed_permanently(latency),
-                    Err(Error::Panicked { .. }) => {
-                        this.metrics.attempt_finished(false, latency, now);
-                        this.metrics.panicked();
-                    }
-                    _ => this.metrics.attempt_finished(result.is_ok(), latency, now),
+                    Ok(_) => this.metrics.attempt_finished(true, latency, now),
+                    Err(error) => this.metrics.attempt_failed(error, latency, now),
                 }
                 tracing::debug!(
                     target: "tower_listener::attempt",

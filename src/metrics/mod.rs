@@ -332,11 +332,15 @@ impl ListenerMetrics {
         self.mine().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// An event failed permanently (besides `event_finished`, which counts it as failed).
-    pub(crate) fn permanent_failure(&self) {
-        self.mine()
-            .permanent_failures
-            .fetch_add(1, Ordering::Relaxed);
+    /// An event failed with `error` (out of line: the success path stays small).
+    #[inline(never)]
+    pub(crate) fn event_failed(&self, error: &crate::Error, latency: Duration) {
+        self.event_finished(false, latency);
+        if error.is_permanent() {
+            self.mine()
+                .permanent_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
@@ -345,11 +349,22 @@ impl ListenerMetrics {
         self.mine().events_failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An attempt failed permanently: a failed attempt that the health window leaves out (it says
-    /// nothing about the listener's dependencies).
-    pub(crate) fn attempt_failed_permanently(&self, latency: Duration) {
-        self.attempt_latency.record(latency);
-        self.mine().attempt_failures.fetch_add(1, Ordering::Relaxed);
+    /// An attempt failed with `error` at `now`. A permanent failure is left out of the health window (it
+    /// says nothing about the listener's dependencies); a panic is counted. Out of line: the success path
+    /// stays small.
+    #[inline(never)]
+    pub(crate) fn attempt_failed(&self, error: &crate::Error, latency: Duration, now: Instant) {
+        match error {
+            crate::Error::Permanent(_) => {
+                self.attempt_latency.record(latency);
+                self.mine().attempt_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            crate::Error::Panicked { .. } => {
+                self.attempt_finished(false, latency, now);
+                self.panicked();
+            }
+            _ => self.attempt_finished(false, latency, now),
+        }
     }
 
     /// An attempt ran to an outcome at `now`, `latency` after it started.
