@@ -49,3 +49,32 @@ pub(crate) fn finished(attempts: u32, first_failure: SystemTime, stop: RetryStop
 pub(crate) fn take() -> Option<AttemptRecord> {
     FINISHED.take()
 }
+
+pin_project_lite::pin_project! {
+    /// A future that also returns the record a retry layer inside it handed over as it gave up (none when
+    /// it succeeded, or there is no retry layer): clears stale records before each poll and takes the
+    /// record on the poll that completes, as the dead-letter future does.
+    pub(crate) struct WithAttempts<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> WithAttempts<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        WithAttempts { inner }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for WithAttempts<F> {
+    type Output = (F::Output, Option<AttemptRecord>);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        take(); // stale: not from this poll
+        let output = std::task::ready!(self.project().inner.poll(cx));
+        std::task::Poll::Ready((output, take()))
+    }
+}

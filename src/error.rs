@@ -98,6 +98,18 @@ pub enum Error {
     #[error("cancelled by shutdown")]
     Stopped,
 
+    /// A dead-letter store or a broker failed: a file that cannot be opened, a server that cannot be
+    /// reached, a write that was not acknowledged. `context` says what was being done and where (a path,
+    /// a stream; never a credential); the cause is the [`source`](std::error::Error::source).
+    #[error("{context}: {source}")]
+    Backend {
+        /// What failed, and on what.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: HandlerError,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: `{field}` {reason}")]
     InvalidConfig {
@@ -185,6 +197,22 @@ impl Error {
         }
     }
 
+    /// An [`Error::Backend`]: `context` (what failed, and on what) caused by `source`.
+    ///
+    /// ```
+    /// use tower_listener::Error;
+    ///
+    /// let err = Error::backend("dead-letter store /var/lib/app/dl.redb: cannot open", std::io::Error::other("denied"));
+    /// assert_eq!(err.kind(), "backend");
+    /// assert_eq!(err.to_string(), "dead-letter store /var/lib/app/dl.redb: cannot open: denied");
+    /// ```
+    pub fn backend(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            context: context.into(),
+            source: HandlerError(Arc::from(source.into())),
+        }
+    }
+
     /// An [`Error::InvalidConfig`] for `field`.
     pub fn invalid_config(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidConfig {
@@ -246,6 +274,7 @@ impl Error {
             Error::AlreadyRunning => "already_running",
             Error::NotRunning => "not_running",
             Error::Stopped => "stopped",
+            Error::Backend { .. } => "backend",
             Error::InvalidConfig { .. } => "invalid_config",
         }
     }

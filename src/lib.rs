@@ -57,6 +57,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Dead letters that survive
+//!
+//! A failed event ends in a [`DeadLetterSink`]; a [`DeadLetterStore`](dead_letter::DeadLetterStore) keeps
+//! it where it can be listed and [redriven](ListenerManager::redrive): in memory
+//! ([`DeadLetterQueue`]), in one fsynced file (`RedbStore`, feature `redb`, on by default), or in a
+//! broker every instance shares.
+//!
 //! # Errors
 //!
 //! Every layer and the manager return the one [`Error`] enum; match on it without downcasting. The
@@ -70,6 +77,7 @@
 #![deny(missing_docs)]
 
 mod attempts;
+pub mod backends;
 mod catch_panic;
 pub mod circuit;
 mod clock;
@@ -92,6 +100,8 @@ mod sync;
 pub mod timeout;
 mod window;
 
+#[cfg(feature = "redb")]
+pub use backends::redb::{RedbConfig, RedbStore};
 pub use catch_panic::{CatchPanic, CatchPanicFuture, CatchPanicLayer};
 pub use circuit::{
     CallOutcome, CircuitBreakerHandle, CircuitBreakerLayer, CircuitConfig, CircuitState,

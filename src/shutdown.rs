@@ -1,19 +1,19 @@
 //! [`shutdown_signal`]: the future a tokio service waits on before it shuts down gracefully.
 
 /// Resolves when the process is asked to stop: on Ctrl-C (SIGINT) everywhere, and on SIGTERM on unix (what
-/// Kubernetes, systemd and `docker stop` send). Hand it to axum's `with_graceful_shutdown`, then stop the
-/// manager so that in-flight events finish or are dead-lettered:
+/// Kubernetes, systemd and `docker stop` send). Wait on it, then stop the manager so that in-flight events
+/// finish or are dead-lettered; with axum, hand it to `axum::serve(..).with_graceful_shutdown(..)` first
+/// (the `axum_service` example does).
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_listener::{shutdown_signal, ListenerManager, ManagerConfig};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), tower_listener::Error> {
 /// let manager = ListenerManager::new(ManagerConfig::named("shop"))?;
 /// manager.start().await?;
-/// let app = axum::Router::new().merge(tower_listener::http::router(manager.clone()));
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+/// // ... consume and dispatch events ...
+/// shutdown_signal().await;
 /// manager.stop(Duration::from_secs(30)).await?; // what is still running gets 30 s, then is dead-lettered
 /// # Ok(()) }
 /// ```

@@ -582,7 +582,7 @@ async fn redrive_reprocesses_the_listeners_dead_letters() {
     let _ = m.process("a", event("e1", "flaky", 1)).await; // fails once, would succeed now
     let _ = m.process("a", event("e2", "fail", 0)).await; // fails for good
     assert_eq!(m.dead_letters("a").unwrap().unwrap().len(), 2);
-    let report = m.redrive("a").await.unwrap().unwrap();
+    let report = support::events::redrive_all(&m, "a").await;
     assert_eq!((report.succeeded, report.failed), (1, 1));
     let left = m.dead_letters("a").unwrap().unwrap().list();
     assert_eq!(left.len(), 1);
@@ -606,7 +606,7 @@ async fn redrive_stops_at_an_open_breaker_and_keeps_the_rest() {
     assert_eq!(calls.get(), 3);
     let before = m.listener_stats("a").unwrap();
 
-    let report = m.redrive("a").await.unwrap().unwrap();
+    let report = support::events::redrive_all(&m, "a").await;
     assert_eq!((report.succeeded, report.failed, report.not_run), (0, 0, 7));
     assert_eq!(
         report.stopped_by.as_ref().map(|e| e.kind.as_str()),
@@ -630,7 +630,7 @@ async fn redrive_stops_at_an_open_breaker_and_keeps_the_rest() {
 
     // Once the breaker admits calls again, the redrive runs them and counts what happened.
     m.circuit_breaker("a").unwrap().reset();
-    let report = m.redrive("a").await.unwrap().unwrap();
+    let report = support::events::redrive_all(&m, "a").await;
     assert_eq!((report.succeeded, report.failed), (7, 0));
     assert!(report.completed());
     let after = m.listener_stats("a").unwrap();

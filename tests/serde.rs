@@ -118,7 +118,7 @@ async fn stats_latency_and_redrive_reports_round_trip() {
         .unwrap();
     let _ = manager.process("orders", event("b", "fail", 0)).await;
     let _ = manager.process("orders", event("c", "permanent", 0)).await;
-    let report = manager.redrive("orders").await.unwrap().unwrap();
+    let report = support::events::redrive_all(&manager, "orders").await;
 
     let stats = manager.stats();
     assert_eq!((stats.events_failed, stats.permanent_failures), (2, 1));

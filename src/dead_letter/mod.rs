@@ -25,6 +25,7 @@ mod layer;
 mod queue;
 mod service;
 mod sink;
+mod store;
 
 pub use future::DeadLetterFuture;
 pub(crate) use future::{sink_failed, Lettering};
@@ -33,3 +34,10 @@ pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};
 pub use service::DeadLetterService;
 pub use sink::{dead_letter_fn, DeadLetter, DeadLetterReason, DeadLetterSink, FnSink, SinkFuture};
+#[cfg(feature = "serde")]
+pub(crate) use store::encoding;
+pub(crate) use store::{sequence, sequence_after};
+pub use store::{
+    Claim, Claims, Cursor, DeadLetterStore, LetterFilter, LetterId, LetterPage, StoreFuture,
+    StoredLetter, Undecodable,
+};

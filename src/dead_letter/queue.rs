@@ -1,18 +1,27 @@
 //! [`DeadLetterQueue`]: a bounded in-memory sink that can be listed, drained and redriven.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tower::{BoxError, Service, ServiceExt};
 
 use super::sink::{DeadLetter, DeadLetterSink, SinkFuture};
-use crate::{Error, ErrorRecord};
+use super::store::{
+    sequence, sequence_after, Claim, Claims, Cursor, DeadLetterStore, LetterFilter, LetterId,
+    LetterPage, StoreFuture, StoredLetter,
+};
+use crate::{Error, ErrorRecord, Event};
 
 /// A bounded, in-memory dead-letter queue. Clones share one queue.
 ///
 /// When it is full a new letter is refused: the sink reports a failure, which the dead-letter layer counts
 /// in `dead_letter_failures` and logs. Letters are never evicted silently.
+///
+/// It is a [`DeadLetterStore`] too (for events), with ids `"1"`, `"2"`, … in the order letters arrived: so
+/// tests, and services that can afford to lose their letters on exit, use the same listing, redrive and
+/// HTTP endpoints as with a durable store.
 ///
 /// ```
 /// use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -39,8 +48,11 @@ pub struct DeadLetterQueue<R> {
 }
 
 struct Inner<R> {
-    letters: Mutex<VecDeque<DeadLetter<R>>>,
+    /// Oldest first, ids ascending.
+    letters: Mutex<VecDeque<(u64, DeadLetter<R>)>>,
+    next_id: AtomicU64,
     capacity: usize,
+    claims: Claims,
 }
 
 /// What a redrive did.
@@ -60,10 +72,16 @@ pub struct RedriveReport {
     pub succeeded: usize,
     /// Letters that failed again and were kept (with the new error and one more attempt).
     pub failed: usize,
-    /// Letters not run because the redrive stopped at a rejection (the rejected letter included); all
-    /// kept as they were.
+    /// Letters skipped because another redrive was running them.
+    pub in_progress: usize,
+    /// Entries skipped because they no longer decode into a letter of the listener's payload type (kept,
+    /// and listed with their raw bytes).
+    pub undecodable: usize,
+    /// Letters not run because the redrive stopped (at a rejection, the rejected letter included, or at
+    /// a failing store); all kept as they were.
     pub not_run: usize,
-    /// The rejection that stopped the redrive (an open breaker or an overloaded listener), if one did.
+    /// What stopped the redrive, if something did: a rejection (an open breaker, an overloaded listener)
+    /// or the store's own error.
     pub stopped_by: Option<ErrorRecord>,
 }
 
@@ -98,12 +116,14 @@ impl<R> DeadLetterQueue<R> {
         DeadLetterQueue {
             inner: Arc::new(Inner {
                 letters: Mutex::new(VecDeque::new()),
+                next_id: AtomicU64::new(1),
                 capacity,
+                claims: Claims::new(),
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<DeadLetter<R>>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, DeadLetter<R>)>> {
         // Nothing panics while holding this lock except a user's Clone of R in `list`; the deque is
         // consistent in that case too.
         self.inner
@@ -114,6 +134,11 @@ impl<R> DeadLetterQueue<R> {
 
     /// Adds a letter; fails when the queue is full.
     pub fn push(&self, letter: DeadLetter<R>) -> Result<(), BoxError> {
+        self.insert(letter).map(drop)
+    }
+
+    /// Adds a letter and returns its id; fails when the queue is full.
+    fn insert(&self, letter: DeadLetter<R>) -> Result<u64, BoxError> {
         let mut letters = self.lock();
         if letters.len() >= self.inner.capacity {
             return Err(format!(
@@ -122,8 +147,10 @@ impl<R> DeadLetterQueue<R> {
             )
             .into());
         }
-        letters.push_back(letter);
-        Ok(())
+        // Relaxed: taken under the lock, which orders it.
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        letters.push_back((id, letter));
+        Ok(id)
     }
 
     /// Letters held now.
@@ -143,7 +170,7 @@ impl<R> DeadLetterQueue<R> {
 
     /// Removes and returns every letter, oldest first.
     pub fn drain(&self) -> Vec<DeadLetter<R>> {
-        self.lock().drain(..).collect()
+        self.lock().drain(..).map(|(_, letter)| letter).collect()
     }
 
     /// Copies of every letter, oldest first.
@@ -151,7 +178,10 @@ impl<R> DeadLetterQueue<R> {
     where
         R: Clone,
     {
-        self.lock().iter().cloned().collect()
+        self.lock()
+            .iter()
+            .map(|(_, letter)| letter.clone())
+            .collect()
     }
 
     /// Re-processes every letter held now through `service`, one at a time, oldest first. A letter that
@@ -169,10 +199,10 @@ impl<R> DeadLetterQueue<R> {
         S::Error: Into<BoxError>,
         R: Clone,
     {
-        let mut letters = self.drain().into_iter();
+        let mut letters = std::mem::take(&mut *self.lock()).into_iter();
         let mut report = RedriveReport::default();
         let mut kept = Vec::new();
-        while let Some(mut letter) = letters.next() {
+        while let Some((id, mut letter)) = letters.next() {
             let result = match service.ready().await {
                 Ok(ready) => ready.call(letter.request.clone()).await,
                 Err(e) => Err(e),
@@ -187,7 +217,7 @@ impl<R> DeadLetterQueue<R> {
             if error.is_rejection() {
                 report.not_run = 1 + letters.len();
                 report.stopped_by = Some(error.into());
-                kept.push(letter);
+                kept.push((id, letter));
                 kept.extend(letters);
                 break;
             }
@@ -195,14 +225,14 @@ impl<R> DeadLetterQueue<R> {
             letter.error = error.into();
             letter.attempts = letter.attempts.saturating_add(1);
             letter.dead_lettered_at = SystemTime::now();
-            kept.push(letter);
+            kept.push((id, letter));
         }
         // Put the kept letters back ahead of letters that arrived during the redrive, capacity permitting
         // (they were in the queue before, so there is room unless new letters filled it; those overflow
         // letters are kept anyway rather than lost).
         let mut letters = self.lock();
-        for letter in kept.into_iter().rev() {
-            letters.push_front(letter);
+        for entry in kept.into_iter().rev() {
+            letters.push_front(entry);
         }
         report
     }
@@ -211,5 +241,125 @@ impl<R> DeadLetterQueue<R> {
 impl<R: Send + 'static> DeadLetterSink<R> for DeadLetterQueue<R> {
     fn send(&self, letter: DeadLetter<R>) -> SinkFuture {
         Box::pin(std::future::ready(self.push(letter)))
+    }
+}
+
+/// The queue as a store of event letters. Everything happens at once, in memory; `append` fails when the
+/// queue is full.
+impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn append(&self, letter: DeadLetter<Event<T>>) -> StoreFuture<LetterId> {
+        let result = self
+            .insert(letter)
+            .map(|id| LetterId::new(id.to_string()))
+            .map_err(|e| Error::backend("dead-letter store memory", e));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn get(&self, id: LetterId) -> StoreFuture<Option<StoredLetter<T>>> {
+        let found = sequence(&id).and_then(|n| {
+            self.lock()
+                .iter()
+                .find(|(i, _)| *i == n)
+                .map(|(_, letter)| StoredLetter {
+                    id: id.clone(),
+                    letter: Ok(letter.clone()),
+                })
+        });
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn list(
+        &self,
+        filter: LetterFilter,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> StoreFuture<LetterPage<T>> {
+        let result = sequence_after(after.as_ref()).map(|after| self.page(&filter, after, limit));
+        Box::pin(std::future::ready(result))
+    }
+
+    fn delete(&self, id: LetterId) -> StoreFuture<bool> {
+        let deleted = sequence(&id).is_some_and(|n| {
+            let mut letters = self.lock();
+            let before = letters.len();
+            letters.retain(|(i, _)| *i != n);
+            letters.len() < before
+        });
+        Box::pin(std::future::ready(Ok(deleted)))
+    }
+
+    fn replace(&self, id: LetterId, letter: DeadLetter<Event<T>>) -> StoreFuture<LetterId> {
+        let mut letter = Some(letter);
+        let replaced = sequence(&id).is_some_and(|n| {
+            let mut letters = self.lock();
+            match letters.iter_mut().find(|(i, _)| *i == n) {
+                Some((_, stored)) => {
+                    if let Some(letter) = letter.take() {
+                        *stored = letter;
+                    }
+                    true
+                }
+                None => false,
+            }
+        });
+        match (replaced, letter) {
+            (true, _) => Box::pin(std::future::ready(Ok(id))),
+            // Deleted meanwhile: keep the new letter anyway rather than lose it.
+            (false, Some(letter)) => self.append(letter),
+            (false, None) => Box::pin(std::future::ready(Ok(id))),
+        }
+    }
+
+    fn count(&self, filter: LetterFilter) -> StoreFuture<u64> {
+        let count = self
+            .lock()
+            .iter()
+            .filter(|(_, letter)| filter.matches(letter))
+            .count() as u64;
+        Box::pin(std::future::ready(Ok(count)))
+    }
+
+    fn oldest(&self) -> StoreFuture<Option<SystemTime>> {
+        let oldest = self
+            .lock()
+            .iter()
+            .map(|(_, letter)| letter.dead_lettered_at)
+            .min();
+        Box::pin(std::future::ready(Ok(oldest)))
+    }
+
+    fn claim(&self, id: &LetterId) -> Option<Claim> {
+        self.inner.claims.claim(id)
+    }
+}
+
+impl<T> DeadLetterQueue<Event<T>> {
+    /// Up to `limit` letters matching `filter` with ids above `after`.
+    fn page(&self, filter: &LetterFilter, after: u64, limit: usize) -> LetterPage<T> {
+        let letters = self.lock();
+        let mut matching = letters
+            .iter()
+            .filter(|(id, letter)| *id > after && filter.matches(letter));
+        let page: Vec<StoredLetter<T>> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(id, letter)| StoredLetter {
+                id: LetterId::new(id.to_string()),
+                letter: Ok(letter.clone()),
+            })
+            .collect();
+        let more = matching.next().is_some();
+        let next = match page.last() {
+            Some(last) if more => Some(Cursor::new(last.id.as_str())),
+            _ => None,
+        };
+        LetterPage {
+            letters: page,
+            next,
+        }
     }
 }

@@ -189,7 +189,7 @@ pub(crate) struct ManagedListener<T> {
     pub(crate) health: HealthThresholds,
     /// The attempts of an event: retry → breaker → limit → timeout → metrics → panic catcher → handler.
     /// [`run`](Self::run) wraps it in the per-event layers (metrics → dead letter); redrive uses it bare.
-    stack: Box<dyn EventStack<T>>,
+    pub(crate) stack: Box<dyn EventStack<T>>,
     /// The dead-letter layer's settings and sink (always a sink: the listener's own queue by default).
     dead_letters: Arc<DeadLetterShared<Event<T>>>,
     /// The listener's own queue when no sink was configured.
@@ -454,23 +454,6 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         );
         let _ = counted.await;
         Error::Stopped
-    }
-
-    /// Re-processes the listener's queued dead letters without the dead-letter layer.
-    pub(crate) async fn redrive(&self) -> Option<crate::dead_letter::RedriveReport> {
-        let queue = self.queue.as_ref()?;
-        let service = tower::service_fn(|event: Event<T>| {
-            let lease = Lease::new(&*self.stack, event);
-            async move {
-                let result = lease.await;
-                match &result {
-                    Err(error) if error.is_rejection() => {}
-                    _ => self.metrics.redriven(result.is_ok()),
-                }
-                result
-            }
-        });
-        Some(queue.redrive(service).await)
     }
 
     /// Flushes the dead-letter sink, logging a failure.

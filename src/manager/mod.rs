@@ -27,6 +27,7 @@ mod config;
 mod health;
 mod listener;
 mod pool;
+mod redrive;
 mod registry;
 mod stack;
 
@@ -43,7 +44,7 @@ use tokio::task::JoinHandle;
 use tower::{BoxError, Service};
 
 use crate::circuit::CircuitBreakerHandle;
-use crate::dead_letter::{DeadLetterQueue, RedriveReport};
+use crate::dead_letter::{DeadLetterQueue, DeadLetterStore, LetterFilter, RedriveReport};
 use crate::metrics::{ListenerMetrics, Stats};
 use crate::shared::{Handle, Shared};
 use crate::{Error, Event};
@@ -502,17 +503,60 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         }
     }
 
-    /// Re-processes the dead letters the manager keeps for a listener (its default in-memory queue)
-    /// through its stack without the dead-letter layer: each letter that now succeeds is removed, each
-    /// that fails again is kept. `None` when the listener has its own sink.
+    /// Runs dead letters from `store` through listener `id`'s stack again (without its dead-letter step):
+    /// up to `limit` letters matching `filter`, oldest first, one at a time. When the filter names no
+    /// listener, it takes this listener's letters (by its name).
+    ///
+    /// A letter that now succeeds is deleted from the store; one that fails again is kept, with its
+    /// attempts and its last error updated. The run stops at the first rejection (an open breaker, an
+    /// overloaded listener) and keeps that letter and the rest untouched: redriving into an open breaker
+    /// would only fail them again. Two redrives at once never run one letter twice (a letter another
+    /// redrive holds is skipped), and a letter that no longer decodes is skipped and kept. Outcomes are
+    /// counted in the listener's stats (`redriven_succeeded`, `redriven_failed`) besides the attempts.
+    ///
+    /// ```
+    /// use tower_listener::dead_letter::LetterFilter;
+    /// use tower_listener::{Error, Event, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy, listener_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Error> {
+    /// let manager = ListenerManager::new(ManagerConfig::default())?;
+    /// let fixed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    /// let up = fixed.clone();
+    /// manager.register(
+    ///     listener_fn("orders", move |_e: Event| {
+    ///         let up = up.load(std::sync::atomic::Ordering::SeqCst);
+    ///         async move { if up { Ok(()) } else { Err(std::io::Error::other("db down")) } }
+    ///     }),
+    ///     ListenerConfig { retry_policy: RetryPolicy::never(), ..Default::default() },
+    /// )?;
+    /// manager.start().await?;
+    /// let _ = manager.process("orders", Event::new("o-1", "order.created", serde_json::json!({}))).await;
+    ///
+    /// fixed.store(true, std::sync::atomic::Ordering::SeqCst); // the database is back
+    /// let store = manager.dead_letters("orders")?.unwrap(); // or a RedbStore, a broker-backed store, …
+    /// let report = manager.redrive("orders", &store, LetterFilter::all(), 100).await?;
+    /// assert_eq!((report.succeeded, report.failed), (1, 0));
+    /// assert!(store.is_empty());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
-    /// [`Error::NotFound`], or [`Error::NotRunning`] while the manager is stopped.
-    pub async fn redrive(&self, id: &str) -> Result<Option<RedriveReport>, Error> {
+    /// [`Error::NotFound`], [`Error::NotRunning`] while the manager is stopped, or the store's error when
+    /// it cannot list. A store that fails later stops the run: the report says so in `stopped_by`.
+    pub async fn redrive<S>(
+        &self,
+        id: &str,
+        store: &S,
+        filter: LetterFilter,
+        limit: usize,
+    ) -> Result<RedriveReport, Error>
+    where
+        S: DeadLetterStore<T> + ?Sized,
+    {
         let accepted = self.accept(id)?;
-        let report = accepted.listener.redrive().await;
+        let report = accepted.listener.redrive(store, filter, limit).await;
         drop(accepted);
-        Ok(report)
+        report
     }
 }
 

@@ -116,6 +116,7 @@ pub async fn settle() {
 }
 
 pub mod faults;
+pub mod stores;
 
 /// Events for the manager tests: the event type says what the handler does.
 pub mod events {
@@ -135,6 +136,23 @@ pub mod events {
     /// `Error::permanent`), "unreadable" (fails with the handler error `Unreadable`).
     pub fn event(id: impl Into<String>, kind: &str, data: u64) -> Event {
         Event::new(id, kind, serde_json::json!(data))
+    }
+
+    /// Redrives every letter the manager keeps in memory for listener `id`.
+    pub async fn redrive_all(
+        manager: &tower_listener::ListenerManager,
+        id: &str,
+    ) -> tower_listener::RedriveReport {
+        let queue = manager.dead_letters(id).unwrap().unwrap();
+        manager
+            .redrive(
+                id,
+                &queue,
+                tower_listener::dead_letter::LetterFilter::all(),
+                usize::MAX,
+            )
+            .await
+            .unwrap()
     }
 
     /// A listener's config without retries, whose breaker opens after `failures` failures.

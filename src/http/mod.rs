@@ -13,8 +13,15 @@
 //!   documentation shows), with the status, the counters and, per listener, its health and latency
 //!   percentiles.
 //!
+//! [`dead_letter_router`] serves an operator's view of a dead-letter store (list, inspect, redrive, delete),
+//! as a router of its own to mount behind the service's admin access.
+//!
 //! [`Error`] implements `axum::response::IntoResponse` with the same mapping, so layers on an axum route
 //! turn their errors into responses through `HandleErrorLayer` or a handler returning `Result<_, Error>`.
+
+mod dead_letters;
+
+pub use dead_letters::{dead_letter_router, OperatorAuth};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -40,6 +47,7 @@ impl Error {
             Error::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::InvalidConfig { .. } => StatusCode::BAD_REQUEST,
+            Error::Backend { .. } => StatusCode::BAD_GATEWAY,
             Error::AlreadyRegistered(_) | Error::AlreadyRunning => StatusCode::CONFLICT,
             Error::Permanent(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Handler(_) | Error::Panicked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
