@@ -96,6 +96,7 @@ pub mod retry;
 mod rfc3339;
 mod shared;
 mod shutdown;
+pub mod source;
 mod sync;
 pub mod timeout;
 mod window;
@@ -115,8 +116,8 @@ pub use error::{Error, ErrorRecord, HandlerError, Permanent, Result, MAX_CONFIG_
 pub use event::Event;
 pub use limit::{ConcurrencyConfig, ConcurrencyLimitLayer, LimitMode};
 pub use manager::{
-    listener_fn, DispatchError, HealthStatus, HealthThresholds, Listener, ListenerConfig,
-    ListenerManager, ManagerConfig, ManagerHealthThresholds, StopReport,
+    listener_fn, ConsumeConfig, Consumer, DispatchError, HealthStatus, HealthThresholds, Listener,
+    ListenerConfig, ListenerManager, ManagerConfig, ManagerHealthThresholds, StopReport,
 };
 pub use metrics::{LatencySummary, ListenerMetrics, MetricsLayer, Stats};
 pub use retry::{Backoff, Jitter, RetryBudget, RetryLayer, RetryPolicy};

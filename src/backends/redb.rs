@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use crate::dead_letter::{encoding, sequence, sequence_after};
 use crate::dead_letter::{
     Claim, Claims, Cursor, DeadLetter, DeadLetterSink, DeadLetterStore, LetterFilter, LetterId,
-    LetterPage, SinkFuture, StoreFuture, StoredLetter,
+    LetterPage, MalformedLetter, SinkFuture, StoreFuture, StoredLetter,
 };
 use crate::{Error, Event};
 
@@ -440,6 +440,16 @@ where
 {
     fn send(&self, letter: DeadLetter<Event<T>>) -> SinkFuture {
         let appending = DeadLetterStore::append(self, letter);
+        Box::pin(async move { appending.await.map(drop).map_err(Into::into) })
+    }
+
+    fn send_malformed(&self, letter: MalformedLetter) -> SinkFuture {
+        let bytes =
+            match encoding::encode_malformed(&self.inner.path.display().to_string(), &letter) {
+                Ok(bytes) => bytes,
+                Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+            };
+        let appending = self.write(|answer| Write::Append(bytes, answer));
         Box::pin(async move { appending.await.map(drop).map_err(Into::into) })
     }
 }

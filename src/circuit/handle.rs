@@ -93,6 +93,21 @@ impl Breaker {
 
     /// True while calls would be rejected without reaching the inner service (open and not yet due for a
     /// probe, or forced open). Reads only atomics and, when open, the clock.
+    /// While calls are rejected: how long until a probe is admitted (`Duration::MAX` when forced open).
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self.state() {
+            CircuitState::ForcedOpen => Some(Duration::MAX),
+            CircuitState::Open => {
+                let (now, until) = (
+                    self.nanos(clock::now()),
+                    self.open_until.load(Ordering::Acquire),
+                );
+                (now < until).then(|| Duration::from_nanos(until - now))
+            }
+            _ => None,
+        }
+    }
+
     #[inline]
     pub(crate) fn rejects_now(&self) -> bool {
         match self.state() {
@@ -383,6 +398,26 @@ impl CircuitBreakerHandle {
     /// until a call arrives and is admitted as a probe.
     pub fn state(&self) -> CircuitState {
         self.breaker.state()
+    }
+
+    /// While the breaker rejects calls: how long until it admits a probe (`Duration::MAX` when forced
+    /// open, which only [`reset`](Self::reset) or [`force_closed`](Self::force_closed) ends). `None` while
+    /// it admits calls: closed, half-open, disabled, or open with its timeout passed (the next call is a
+    /// probe). Reading it never changes the breaker.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_listener::{CircuitBreakerLayer, CircuitConfig};
+    ///
+    /// let layer = CircuitBreakerLayer::new(CircuitConfig::default())?;
+    /// let breaker = layer.handle();
+    /// assert_eq!(breaker.retry_after(), None);
+    /// breaker.force_open();
+    /// assert_eq!(breaker.retry_after(), Some(Duration::MAX));
+    /// # Ok::<_, tower_listener::Error>(())
+    /// ```
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.breaker.retry_after()
     }
 
     /// The breaker's name.

@@ -110,7 +110,8 @@ where
     }
 }
 
-fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
+/// Why an event that ended with `error` is dead-lettered, given what the retry layer recorded.
+pub(crate) fn reason_for(error: &Error, record: &AttemptRecord) -> DeadLetterReason {
     match error {
         Error::CircuitOpen { .. } => DeadLetterReason::CircuitOpen,
         Error::Overloaded => DeadLetterReason::Overloaded,
@@ -205,6 +206,7 @@ where
                         first_failure_at: record.first_failure.unwrap_or(now),
                         dead_lettered_at: now,
                         reason,
+                        origin: None,
                     };
                     match catch_unwind(AssertUnwindSafe(|| sink.send(letter))) {
                         Ok(sending) => this.state.set(State::Sending {

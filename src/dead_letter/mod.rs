@@ -28,12 +28,15 @@ mod sink;
 mod store;
 
 pub use future::DeadLetterFuture;
-pub(crate) use future::{sink_failed, Lettering};
+pub(crate) use future::{reason_for, sink_failed, Lettering};
 pub(crate) use layer::{captures, DeadLetterShared};
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};
 pub use service::DeadLetterService;
-pub use sink::{dead_letter_fn, DeadLetter, DeadLetterReason, DeadLetterSink, FnSink, SinkFuture};
+pub use sink::{
+    dead_letter_fn, DeadLetter, DeadLetterReason, DeadLetterSink, FnSink, MalformedLetter, Origin,
+    SinkFuture,
+};
 #[cfg(feature = "serde")]
 pub(crate) use store::encoding;
 pub(crate) use store::{sequence, sequence_after};

@@ -7,10 +7,10 @@ use std::time::SystemTime;
 
 use tower::{BoxError, Service, ServiceExt};
 
-use super::sink::{DeadLetter, DeadLetterSink, SinkFuture};
+use super::sink::{DeadLetter, DeadLetterReason, DeadLetterSink, MalformedLetter, SinkFuture};
 use super::store::{
     sequence, sequence_after, Claim, Claims, Cursor, DeadLetterStore, LetterFilter, LetterId,
-    LetterPage, StoreFuture, StoredLetter,
+    LetterPage, StoreFuture, StoredLetter, Undecodable,
 };
 use crate::{Error, ErrorRecord, Event};
 
@@ -49,10 +49,43 @@ pub struct DeadLetterQueue<R> {
 
 struct Inner<R> {
     /// Oldest first, ids ascending.
-    letters: Mutex<VecDeque<(u64, DeadLetter<R>)>>,
+    letters: Mutex<VecDeque<(u64, Entry<R>)>>,
     next_id: AtomicU64,
     capacity: usize,
     claims: Claims,
+}
+
+/// A letter, or a payload a source could not decode.
+enum Entry<R> {
+    Letter(DeadLetter<R>),
+    Malformed(MalformedLetter),
+}
+
+impl<R> Entry<R> {
+    fn letter(&self) -> Option<&DeadLetter<R>> {
+        match self {
+            Entry::Letter(letter) => Some(letter),
+            Entry::Malformed(_) => None,
+        }
+    }
+
+    fn dead_lettered_at(&self) -> SystemTime {
+        match self {
+            Entry::Letter(letter) => letter.dead_lettered_at,
+            Entry::Malformed(letter) => letter.dead_lettered_at,
+        }
+    }
+
+    fn matches(&self, filter: &LetterFilter) -> bool {
+        match self {
+            Entry::Letter(letter) => filter.matches(letter),
+            Entry::Malformed(letter) => filter.matches_parts(
+                &letter.listener,
+                DeadLetterReason::Malformed,
+                letter.dead_lettered_at,
+            ),
+        }
+    }
 }
 
 /// What a redrive did.
@@ -123,7 +156,7 @@ impl<R> DeadLetterQueue<R> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, DeadLetter<R>)>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(u64, Entry<R>)>> {
         // Nothing panics while holding this lock except a user's Clone of R in `list`; the deque is
         // consistent in that case too.
         self.inner
@@ -134,11 +167,11 @@ impl<R> DeadLetterQueue<R> {
 
     /// Adds a letter; fails when the queue is full.
     pub fn push(&self, letter: DeadLetter<R>) -> Result<(), BoxError> {
-        self.insert(letter).map(drop)
+        self.insert(Entry::Letter(letter)).map(drop)
     }
 
-    /// Adds a letter and returns its id; fails when the queue is full.
-    fn insert(&self, letter: DeadLetter<R>) -> Result<u64, BoxError> {
+    /// Adds an entry and returns its id; fails when the queue is full.
+    fn insert(&self, entry: Entry<R>) -> Result<u64, BoxError> {
         let mut letters = self.lock();
         if letters.len() >= self.inner.capacity {
             return Err(format!(
@@ -149,11 +182,11 @@ impl<R> DeadLetterQueue<R> {
         }
         // Relaxed: taken under the lock, which orders it.
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        letters.push_back((id, letter));
+        letters.push_back((id, entry));
         Ok(id)
     }
 
-    /// Letters held now.
+    /// Letters held now (malformed payloads included).
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -168,19 +201,39 @@ impl<R> DeadLetterQueue<R> {
         self.inner.capacity
     }
 
-    /// Removes and returns every letter, oldest first.
+    /// Removes and returns every letter, oldest first (malformed payloads stay: see
+    /// [`malformed`](Self::malformed)).
     pub fn drain(&self) -> Vec<DeadLetter<R>> {
-        self.lock().drain(..).map(|(_, letter)| letter).collect()
+        let mut entries = self.lock();
+        let mut drained = Vec::new();
+        for (id, entry) in std::mem::take(&mut *entries) {
+            match entry {
+                Entry::Letter(letter) => drained.push(letter),
+                malformed => entries.push_back((id, malformed)),
+            }
+        }
+        drained
     }
 
-    /// Copies of every letter, oldest first.
+    /// Copies of every letter, oldest first (malformed payloads: see [`malformed`](Self::malformed)).
     pub fn list(&self) -> Vec<DeadLetter<R>>
     where
         R: Clone,
     {
         self.lock()
             .iter()
-            .map(|(_, letter)| letter.clone())
+            .filter_map(|(_, entry)| entry.letter().cloned())
+            .collect()
+    }
+
+    /// Copies of the payloads a source could not decode, oldest first.
+    pub fn malformed(&self) -> Vec<MalformedLetter> {
+        self.lock()
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                Entry::Malformed(letter) => Some(letter.clone()),
+                Entry::Letter(_) => None,
+            })
             .collect()
     }
 
@@ -202,7 +255,15 @@ impl<R> DeadLetterQueue<R> {
         let mut letters = std::mem::take(&mut *self.lock()).into_iter();
         let mut report = RedriveReport::default();
         let mut kept = Vec::new();
-        while let Some((id, mut letter)) = letters.next() {
+        while let Some((id, entry)) = letters.next() {
+            let mut letter = match entry {
+                Entry::Letter(letter) => letter,
+                malformed => {
+                    report.undecodable += 1;
+                    kept.push((id, malformed));
+                    continue;
+                }
+            };
             let result = match service.ready().await {
                 Ok(ready) => ready.call(letter.request.clone()).await,
                 Err(e) => Err(e),
@@ -217,7 +278,7 @@ impl<R> DeadLetterQueue<R> {
             if error.is_rejection() {
                 report.not_run = 1 + letters.len();
                 report.stopped_by = Some(error.into());
-                kept.push((id, letter));
+                kept.push((id, Entry::Letter(letter)));
                 kept.extend(letters);
                 break;
             }
@@ -225,7 +286,7 @@ impl<R> DeadLetterQueue<R> {
             letter.error = error.into();
             letter.attempts = letter.attempts.saturating_add(1);
             letter.dead_lettered_at = SystemTime::now();
-            kept.push((id, letter));
+            kept.push((id, Entry::Letter(letter)));
         }
         // Put the kept letters back ahead of letters that arrived during the redrive, capacity permitting
         // (they were in the queue before, so there is room unless new letters filled it; those overflow
@@ -242,6 +303,12 @@ impl<R: Send + 'static> DeadLetterSink<R> for DeadLetterQueue<R> {
     fn send(&self, letter: DeadLetter<R>) -> SinkFuture {
         Box::pin(std::future::ready(self.push(letter)))
     }
+
+    fn send_malformed(&self, letter: MalformedLetter) -> SinkFuture {
+        Box::pin(std::future::ready(
+            self.insert(Entry::Malformed(letter)).map(drop),
+        ))
+    }
 }
 
 /// The queue as a store of event letters. Everything happens at once, in memory; `append` fails when the
@@ -253,7 +320,7 @@ impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> 
 
     fn append(&self, letter: DeadLetter<Event<T>>) -> StoreFuture<LetterId> {
         let result = self
-            .insert(letter)
+            .insert(Entry::Letter(letter))
             .map(|id| LetterId::new(id.to_string()))
             .map_err(|e| Error::backend("dead-letter store memory", e));
         Box::pin(std::future::ready(result))
@@ -264,10 +331,7 @@ impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> 
             self.lock()
                 .iter()
                 .find(|(i, _)| *i == n)
-                .map(|(_, letter)| StoredLetter {
-                    id: id.clone(),
-                    letter: Ok(letter.clone()),
-                })
+                .map(|(i, entry)| stored(*i, entry))
         });
         Box::pin(std::future::ready(Ok(found)))
     }
@@ -299,7 +363,7 @@ impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> 
             match letters.iter_mut().find(|(i, _)| *i == n) {
                 Some((_, stored)) => {
                     if let Some(letter) = letter.take() {
-                        *stored = letter;
+                        *stored = Entry::Letter(letter);
                     }
                     true
                 }
@@ -318,7 +382,7 @@ impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> 
         let count = self
             .lock()
             .iter()
-            .filter(|(_, letter)| filter.matches(letter))
+            .filter(|(_, entry)| entry.matches(&filter))
             .count() as u64;
         Box::pin(std::future::ready(Ok(count)))
     }
@@ -327,7 +391,7 @@ impl<T: Send + Sync + 'static> DeadLetterStore<T> for DeadLetterQueue<Event<T>> 
         let oldest = self
             .lock()
             .iter()
-            .map(|(_, letter)| letter.dead_lettered_at)
+            .map(|(_, entry)| entry.dead_lettered_at())
             .min();
         Box::pin(std::future::ready(Ok(oldest)))
     }
@@ -343,14 +407,11 @@ impl<T> DeadLetterQueue<Event<T>> {
         let letters = self.lock();
         let mut matching = letters
             .iter()
-            .filter(|(id, letter)| *id > after && filter.matches(letter));
+            .filter(|(id, entry)| *id > after && entry.matches(filter));
         let page: Vec<StoredLetter<T>> = matching
             .by_ref()
             .take(limit)
-            .map(|(id, letter)| StoredLetter {
-                id: LetterId::new(id.to_string()),
-                letter: Ok(letter.clone()),
-            })
+            .map(|(id, entry)| stored(*id, entry))
             .collect();
         let more = matching.next().is_some();
         let next = match page.last() {
@@ -361,5 +422,24 @@ impl<T> DeadLetterQueue<Event<T>> {
             letters: page,
             next,
         }
+    }
+}
+
+/// An entry as a store lists it: a malformed payload is an undecodable entry whose raw bytes are the
+/// payload.
+fn stored<T>(id: u64, entry: &Entry<Event<T>>) -> StoredLetter<T> {
+    let letter = match entry {
+        Entry::Letter(letter) => Ok(letter.clone()),
+        Entry::Malformed(letter) => Err(Undecodable {
+            raw: letter.payload.clone(),
+            error: letter.error.message.clone(),
+            listener: Some(letter.listener.to_string()),
+            reason: Some(DeadLetterReason::Malformed),
+            dead_lettered_at: Some(letter.dead_lettered_at),
+        }),
+    };
+    StoredLetter {
+        id: LetterId::new(id.to_string()),
+        letter,
     }
 }

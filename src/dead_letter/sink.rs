@@ -47,11 +47,17 @@ pub enum DeadLetterReason {
     /// The handler said the event can never succeed ([`Error::Permanent`]): dead-lettered at once,
     /// without retries.
     Permanent,
+    /// A source's payload did not decode into an event: kept as raw bytes (a [`MalformedLetter`]), never
+    /// run, never redelivered.
+    Malformed,
+    /// A source delivered the event more times than its `max_deliveries`: dead-lettered without running
+    /// it again.
+    Redelivered,
 }
 
 impl DeadLetterReason {
     /// Every reason, for capture filters.
-    pub const ALL: [DeadLetterReason; 8] = [
+    pub const ALL: [DeadLetterReason; 10] = [
         DeadLetterReason::Exhausted,
         DeadLetterReason::NotRetryable,
         DeadLetterReason::BudgetExhausted,
@@ -60,10 +66,12 @@ impl DeadLetterReason {
         DeadLetterReason::Shutdown,
         DeadLetterReason::Failed,
         DeadLetterReason::Permanent,
+        DeadLetterReason::Malformed,
+        DeadLetterReason::Redelivered,
     ];
 
     /// The name: "exhausted", "not_retryable", "budget_exhausted", "circuit_open", "overloaded",
-    /// "shutdown", "failed", "permanent".
+    /// "shutdown", "failed", "permanent", "malformed", "redelivered".
     pub fn as_str(&self) -> &'static str {
         match self {
             DeadLetterReason::Exhausted => "exhausted",
@@ -74,6 +82,8 @@ impl DeadLetterReason {
             DeadLetterReason::Shutdown => "shutdown",
             DeadLetterReason::Failed => "failed",
             DeadLetterReason::Permanent => "permanent",
+            DeadLetterReason::Malformed => "malformed",
+            DeadLetterReason::Redelivered => "redelivered",
         }
     }
 }
@@ -122,6 +132,113 @@ pub struct DeadLetter<R> {
     pub dead_lettered_at: SystemTime,
     /// Why.
     pub reason: DeadLetterReason,
+    /// Where the event came from, when a [source](crate::source) delivered it from a broker.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub origin: Option<Origin>,
+}
+
+/// Where a delivered event sits on its broker: enough to find it there, and to send a redriven event back.
+///
+/// ```
+/// use tower_listener::dead_letter::Origin;
+///
+/// let origin = Origin::new("nats", "ORDERS", "42").subject("orders.created").delivered(3);
+/// assert_eq!(origin.to_string(), "nats ORDERS #42 (orders.created), delivery 3");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct Origin {
+    /// The kind of broker: "nats", "redis", "memory".
+    pub broker: String,
+    /// The stream (JetStream stream, Redis stream key).
+    pub stream: String,
+    /// The subject it was published on, where the broker has one.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub subject: Option<String>,
+    /// Its position in the stream: a sequence number or an entry id.
+    pub sequence: String,
+    /// How many times it had been delivered (1 the first time).
+    pub delivered: u32,
+}
+
+impl Origin {
+    /// An origin in `stream` of `broker`, at `sequence`, first delivery.
+    pub fn new(
+        broker: impl Into<String>,
+        stream: impl Into<String>,
+        sequence: impl Into<String>,
+    ) -> Self {
+        Origin {
+            broker: broker.into(),
+            stream: stream.into(),
+            subject: None,
+            sequence: sequence.into(),
+            delivered: 1,
+        }
+    }
+
+    /// With the subject it was published on.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// With its delivery count.
+    pub fn delivered(mut self, delivered: u32) -> Self {
+        self.delivered = delivered;
+        self
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} #{}", self.broker, self.stream, self.sequence)?;
+        if let Some(subject) = &self.subject {
+            write!(f, " ({subject})")?;
+        }
+        write!(f, ", delivery {}", self.delivered)
+    }
+}
+
+/// A payload a source could not decode into an event: kept as its raw bytes, with why it did not decode,
+/// so that it is dead-lettered (reason [`Malformed`](DeadLetterReason::Malformed)) instead of being
+/// redelivered forever. A store lists it as an [`Undecodable`](super::Undecodable) entry whose `raw` is
+/// the payload.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct MalformedLetter {
+    /// The payload, as the broker delivered it.
+    pub payload: Vec<u8>,
+    /// Why it did not decode (kind "malformed", permanent).
+    pub error: ErrorRecord,
+    /// The listener it was for.
+    pub listener: Arc<str>,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: SystemTime,
+    /// Where it came from.
+    pub origin: Option<Origin>,
+}
+
+impl MalformedLetter {
+    /// A malformed letter of `payload` for `listener`, that did not decode because of `why`, dated now.
+    pub fn new(payload: Vec<u8>, why: impl Into<String>, listener: impl Into<Arc<str>>) -> Self {
+        let mut error = ErrorRecord::new("malformed", why);
+        error.permanent = true;
+        MalformedLetter {
+            payload,
+            error,
+            listener: listener.into(),
+            dead_lettered_at: SystemTime::now(),
+            origin: None,
+        }
+    }
 }
 
 impl<R> DeadLetter<R> {
@@ -142,6 +259,7 @@ impl<R> DeadLetter<R> {
             first_failure_at: now,
             dead_lettered_at: now,
             reason,
+            origin: None,
         }
     }
 }
@@ -182,6 +300,16 @@ pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send +
 pub trait DeadLetterSink<R>: Send + Sync + 'static {
     /// Takes one dead letter.
     fn send(&self, letter: DeadLetter<R>) -> SinkFuture;
+
+    /// Takes a payload a source could not decode. The default refuses it: a sink that can keep raw bytes
+    /// (every store of this crate, the in-memory queue) says so by implementing this. A source whose
+    /// listener's sink refuses it redelivers the payload later instead of dropping it.
+    fn send_malformed(&self, letter: MalformedLetter) -> SinkFuture {
+        let _ = letter;
+        Box::pin(std::future::ready(Err(BoxError::from(
+            "this dead-letter sink cannot keep malformed payloads (use a DeadLetterStore)",
+        ))))
+    }
 
     /// Waits until every letter taken so far is stored (called by the manager on `stop`). The default
     /// does nothing.

@@ -352,9 +352,11 @@ pub(crate) fn sequence_after(after: Option<&Cursor>) -> Result<u64, Error> {
 pub(crate) mod encoding {
     use std::time::SystemTime;
 
+    use std::sync::Arc;
+
     use super::{LetterFilter, LetterId, StoredLetter, Undecodable};
-    use crate::dead_letter::{DeadLetter, DeadLetterReason};
-    use crate::{Error, Event};
+    use crate::dead_letter::{DeadLetter, DeadLetterReason, MalformedLetter, Origin};
+    use crate::{Error, ErrorRecord, Event};
 
     /// The letter as bytes.
     pub(crate) fn encode<T: serde::Serialize>(
@@ -367,6 +369,51 @@ pub(crate) mod encoding {
                     "dead-letter store {store}: cannot encode the letter of event {:?}",
                     letter.request.id()
                 ),
+                e,
+            )
+        })
+    }
+
+    /// A malformed payload as stored: the letter's fields around the payload, which is kept as text when
+    /// it is UTF-8 (`payload`) and as bytes otherwise (`payload_bytes`).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Malformed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload_bytes: Option<Vec<u8>>,
+        error: ErrorRecord,
+        listener: Arc<str>,
+        attempts: u32,
+        #[serde(with = "crate::rfc3339")]
+        dead_lettered_at: SystemTime,
+        reason: DeadLetterReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<Origin>,
+    }
+
+    /// The malformed letter as bytes.
+    pub(crate) fn encode_malformed(
+        store: &str,
+        letter: &MalformedLetter,
+    ) -> Result<Vec<u8>, Error> {
+        let (payload, payload_bytes) = match std::str::from_utf8(&letter.payload) {
+            Ok(text) => (Some(text.to_owned()), None),
+            Err(_) => (None, Some(letter.payload.clone())),
+        };
+        let stored = Malformed {
+            payload,
+            payload_bytes,
+            error: letter.error.clone(),
+            listener: letter.listener.clone(),
+            attempts: 0,
+            dead_lettered_at: letter.dead_lettered_at,
+            reason: DeadLetterReason::Malformed,
+            origin: letter.origin.clone(),
+        };
+        serde_json::to_vec(&stored).map_err(|e| {
+            Error::backend(
+                format!("dead-letter store {store}: cannot encode a malformed payload"),
                 e,
             )
         })
@@ -400,6 +447,22 @@ pub(crate) mod encoding {
         raw: &[u8],
     ) -> StoredLetter<T> {
         let letter = serde_json::from_slice::<DeadLetter<Event<T>>>(raw).map_err(|error| {
+            // A malformed payload: undecodable by nature, and its raw bytes are the payload.
+            if let Ok(malformed) = serde_json::from_slice::<Malformed>(raw) {
+                if let Some(payload) = malformed
+                    .payload
+                    .map(String::into_bytes)
+                    .or(malformed.payload_bytes)
+                {
+                    return Undecodable {
+                        raw: payload,
+                        error: malformed.error.message,
+                        listener: Some(malformed.listener.to_string()),
+                        reason: Some(malformed.reason),
+                        dead_lettered_at: Some(malformed.dead_lettered_at),
+                    };
+                }
+            }
             let meta = meta(raw);
             Undecodable {
                 raw: raw.to_vec(),

@@ -191,7 +191,9 @@ pub(crate) struct ManagedListener<T> {
     /// [`run`](Self::run) wraps it in the per-event layers (metrics → dead letter); redrive uses it bare.
     pub(crate) stack: Box<dyn EventStack<T>>,
     /// The dead-letter layer's settings and sink (always a sink: the listener's own queue by default).
-    dead_letters: Arc<DeadLetterShared<Event<T>>>,
+    pub(crate) dead_letters: Arc<DeadLetterShared<Event<T>>>,
+    /// Attempts in flight at most (the concurrency limit), and a consumer's default.
+    pub(crate) concurrency: usize,
     /// The listener's own queue when no sink was configured.
     pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
     pub(crate) in_flight: InFlight,
@@ -272,6 +274,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             health: config.health,
             stack,
             dead_letters,
+            concurrency: config.concurrency,
             queue,
             in_flight: InFlight::default(),
             run: AtomicU64::new(0),

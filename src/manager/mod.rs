@@ -24,6 +24,7 @@
 //! dispatch queue is [`Error::Overloaded`] at once, with the event handed back in the [`DispatchError`].
 
 mod config;
+mod consume;
 mod health;
 mod listener;
 mod pool;
@@ -32,6 +33,7 @@ mod registry;
 mod stack;
 
 pub use config::{ListenerConfig, ManagerConfig, PermanentPredicate};
+pub use consume::{ConsumeConfig, Consumer};
 pub use health::{HealthStatus, HealthThresholds, ManagerHealthThresholds};
 pub use listener::{listener_fn, Listener};
 
@@ -182,6 +184,8 @@ struct Inner<T> {
     /// Serializes start/stop.
     lifecycle: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     pool: Pool<T>,
+    /// The consumers `consume` started; `stop` (and `unregister` of their listener) stops them first.
+    consumers: std::sync::Mutex<Vec<Consumer>>,
 }
 
 impl<T> fmt::Debug for ListenerManager<T> {
@@ -361,6 +365,7 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
                 listeners: Registry::new(),
                 running: AtomicBool::new(false),
                 lifecycle: tokio::sync::Mutex::new(Vec::new()),
+                consumers: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -407,9 +412,11 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
                 .map(|removed| removed.arc().clone())
                 .ok_or_else(|| Error::NotFound(id.to_owned()))
         })?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.unregister_timeout;
+        self.stop_consumers(Some(id), deadline).await;
         let report = drain(
             std::slice::from_ref(&listener),
-            self.inner.config.unregister_timeout,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
         )
         .await;
         tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %id, cancelled = report.cancelled, "listener unregistered");
@@ -446,14 +453,138 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
             });
         }
         self.inner.running.store(false, Ordering::SeqCst);
+        // The consumers first: they stop pulling, and what they run gets the same deadline.
+        let until = tokio::time::Instant::now() + deadline;
+        let consumed = self.stop_consumers(None, until).await;
         let listeners = self.all();
-        let report = drain(&listeners, deadline).await;
+        let mut report = drain(
+            &listeners,
+            until.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await;
+        report.drained &= consumed.drained;
+        report.cancelled += consumed.cancelled;
         self.inner
             .pool
             .stop_workers(std::mem::take(&mut *workers))
             .await;
         tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, drained = report.drained, cancelled = report.cancelled, "manager stopped");
         Ok(report)
+    }
+
+    /// Consumes `source` through listener `id`: a pump pulls deliveries while the listener has free
+    /// concurrency and its breaker admits calls, runs each through the listener's stack, and settles it
+    /// on the broker by its outcome (the table of [`crate::source`]): ack on success; term once a failure's
+    /// dead letter is stored (nak with a delay when it could not be); nak with the breaker's `retry_after`
+    /// or a short delay when rejected; progress at half the broker's ack wait while it runs; a malformed
+    /// payload, or one delivered more than `max_deliveries` times, dead-lettered without running. While
+    /// the breaker is open the pump pulls nothing.
+    ///
+    /// The manager's [`stop`](Self::stop) stops its consumers first; a stopped consumer hands what it
+    /// still runs at the deadline back to the broker (nak without delay), for another instance.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_listener::source::MemorySource;
+    /// use tower_listener::{ConsumeConfig, Event, ListenerConfig, ListenerManager, ManagerConfig, listener_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), tower_listener::Error> {
+    /// let manager = ListenerManager::new(ManagerConfig::default())?;
+    /// manager.register(listener_fn("orders", |_e: Event| async { Ok::<_, std::io::Error>(()) }), ListenerConfig::default())?;
+    /// manager.start().await?;
+    /// let broker = MemorySource::new("orders"); // or a NATS JetStream / Redis Streams source
+    /// let consumer = manager.consume("orders", broker.clone(), ConsumeConfig::default())?;
+    /// broker.publish(Event::new("o-1", "order.created", serde_json::json!({})));
+    /// tokio::time::sleep(Duration::from_millis(200)).await;
+    /// assert_eq!(manager.listener_stats("orders")?.source_acks, 1);
+    /// manager.stop(Duration::from_secs(5)).await?; // stops the consumer too
+    /// assert!(consumer.is_stopped());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::NotRunning`], or [`Error::InvalidConfig`] for a bad `config` field,
+    /// or for `dead_letter.enabled` when the listener's dead letters are disabled (a failed delivery must
+    /// be stored before the broker may forget it).
+    pub fn consume<S: crate::source::Source<T>>(
+        &self,
+        id: &str,
+        source: S,
+        config: ConsumeConfig,
+    ) -> Result<Consumer, Error> {
+        config.validate()?;
+        let listener = self
+            .inner
+            .listeners
+            .current()
+            .get(id)
+            .map(|l| l.arc().clone())
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        if !listener.dead_letters.config.enabled {
+            return Err(Error::invalid_config(
+                "dead_letter.enabled",
+                "must be true for a consumed listener: a failed delivery is stored before the broker forgets it",
+            ));
+        }
+        let mut consumers = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Checked under the consumers' lock, which `stop` takes after clearing the flag.
+        if !self.is_running() {
+            return Err(Error::NotRunning);
+        }
+        consumers.retain(|c| !c.is_stopped());
+        let consumer = consume::start(listener, source, config);
+        consumers.push(consumer.clone());
+        Ok(consumer)
+    }
+
+    /// The consumers running now.
+    pub fn consumers(&self) -> Vec<Consumer> {
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|c| !c.is_stopped())
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the consumers (of listener `only`, or all) by `deadline`.
+    async fn stop_consumers(
+        &self,
+        only: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> StopReport {
+        let stopping: Vec<Consumer> = {
+            let mut consumers = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (stopping, kept) = std::mem::take(&mut *consumers)
+                .into_iter()
+                .partition(|c| only.is_none_or(|id| c.listener() == id));
+            *consumers = kept;
+            stopping
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for consumer in stopping {
+            stops.spawn(async move { consumer.stop_at(deadline).await });
+        }
+        let mut report = StopReport {
+            drained: true,
+            cancelled: 0,
+        };
+        while let Some(stopped) = stops.join_next().await {
+            let stopped = stopped.unwrap_or_default();
+            report.drained &= stopped.drained;
+            report.cancelled += stopped.cancelled;
+        }
+        report
     }
 
     fn accept(&self, id: &str) -> Result<Accepted<T>, Error> {

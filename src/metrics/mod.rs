@@ -83,6 +83,11 @@ struct Counts {
     panics: AtomicU64,
     redriven_succeeded: AtomicU64,
     redriven_failed: AtomicU64,
+    source_acks: AtomicU64,
+    source_terms: AtomicU64,
+    source_naks: AtomicU64,
+    source_progress: AtomicU64,
+    redeliveries: AtomicU64,
 }
 
 /// A point-in-time copy of a [`ListenerMetrics`] (or, from the manager, the sum over listeners).
@@ -152,6 +157,18 @@ pub struct Stats {
     /// Dead letters redriven that failed again (and were kept). A letter a redrive did not run because
     /// of a rejection is in neither count.
     pub redriven_failed: u64,
+    /// Deliveries from a source acknowledged (succeeded).
+    pub source_acks: u64,
+    /// Deliveries from a source terminated (failed, and their dead letter stored).
+    pub source_terms: u64,
+    /// Deliveries from a source handed back for redelivery (rejected, cancelled by a stop, or failed
+    /// without a stored dead letter).
+    pub source_naks: u64,
+    /// Progress signals sent for deliveries still running at half the broker's ack wait.
+    pub source_progress: u64,
+    /// Deliveries that were redeliveries (delivered before): at least once means some events are seen
+    /// more than once.
+    pub redeliveries: u64,
     /// Latency of whole events, retries and backoff included.
     pub event_latency: LatencySummary,
     /// Latency of single attempts.
@@ -181,6 +198,11 @@ impl Stats {
         self.panics += other.panics;
         self.redriven_succeeded += other.redriven_succeeded;
         self.redriven_failed += other.redriven_failed;
+        self.source_acks += other.source_acks;
+        self.source_terms += other.source_terms;
+        self.source_naks += other.source_naks;
+        self.source_progress += other.source_progress;
+        self.redeliveries += other.redeliveries;
         self.event_latency = self.event_latency.merge_upper_bound(other.event_latency);
         self.attempt_latency = self
             .attempt_latency
@@ -275,6 +297,11 @@ impl ListenerMetrics {
             panics: self.sum(|c| &c.panics),
             redriven_succeeded: self.sum(|c| &c.redriven_succeeded),
             redriven_failed: self.sum(|c| &c.redriven_failed),
+            source_acks: self.sum(|c| &c.source_acks),
+            source_terms: self.sum(|c| &c.source_terms),
+            source_naks: self.sum(|c| &c.source_naks),
+            source_progress: self.sum(|c| &c.source_progress),
+            redeliveries: self.sum(|c| &c.redeliveries),
             event_latency: self.event_latency.summary(),
             attempt_latency: self.attempt_latency.summary(),
         }
@@ -343,6 +370,15 @@ impl ListenerMetrics {
         }
     }
 
+    /// An event failed without running (a malformed payload, `permanent`, or one redelivered too often).
+    pub(crate) fn event_failed_unrun(&self, permanent: bool) {
+        let counts = self.mine();
+        counts.events_failed.fetch_add(1, Ordering::Relaxed);
+        if permanent {
+            counts.permanent_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
     /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
     pub(crate) fn event_cancelled(&self) {
@@ -401,6 +437,24 @@ impl ListenerMetrics {
             &counts.redriven_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery from a source was settled (`Some`), or its progress signalled (`None`).
+    pub(crate) fn settled(&self, settlement: Option<crate::source::Settlement>) {
+        use crate::source::Settlement;
+        let counts = self.mine();
+        let counter = match settlement {
+            Some(Settlement::Ack) => &counts.source_acks,
+            Some(Settlement::Term) => &counts.source_terms,
+            Some(Settlement::Nak(_)) => &counts.source_naks,
+            None => &counts.source_progress,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery from a source was a redelivery.
+    pub(crate) fn redelivered(&self) {
+        self.mine().redeliveries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn retried(&self) {

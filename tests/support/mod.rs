@@ -115,6 +115,7 @@ pub async fn settle() {
     }
 }
 
+pub mod conformance;
 pub mod faults;
 pub mod stores;
 
