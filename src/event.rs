@@ -55,12 +55,22 @@ struct Inner<T> {
 impl<T> Event<T> {
     /// A new event stamped with the current wall-clock time.
     pub fn new(id: impl Into<String>, event_type: impl Into<String>, data: T) -> Self {
+        Self::new_at(id, event_type, data, SystemTime::now())
+    }
+
+    /// A new event stamped `timestamp` (no `Clone` needed: nothing shares it yet).
+    pub(crate) fn new_at(
+        id: impl Into<String>,
+        event_type: impl Into<String>,
+        data: T,
+        timestamp: SystemTime,
+    ) -> Self {
         Event {
             inner: Arc::new(Inner {
                 id: id.into(),
                 event_type: event_type.into(),
                 source: None,
-                timestamp: SystemTime::now(),
+                timestamp,
                 data,
                 metadata: BTreeMap::new(),
             }),

@@ -4,3 +4,6 @@
 
 #[cfg(feature = "redb")]
 pub mod redb;
+
+#[cfg(feature = "nats")]
+pub mod nats;

@@ -117,6 +117,8 @@ pub async fn settle() {
 
 pub mod conformance;
 pub mod faults;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod stores;
 
 /// Events for the manager tests: the event type says what the handler does.
