@@ -276,12 +276,7 @@ mod redb_store {
         let Ok(path) = std::env::var("TOWER_LISTENER_CRASH_CHILD") else {
             return;
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
+        support::child_runtime().block_on(async move {
             let store = RedbStore::open(&path).await.unwrap();
             let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
             let tasks: Vec<_> = (0..8)

@@ -153,9 +153,9 @@ pub struct DeadLetter<R> {
 #[non_exhaustive]
 pub struct Origin {
     /// The kind of broker: "nats", "redis", "memory".
-    pub broker: String,
+    pub broker: Arc<str>,
     /// The stream (JetStream stream, Redis stream key).
-    pub stream: String,
+    pub stream: Arc<str>,
     /// The subject it was published on, where the broker has one.
     #[cfg_attr(
         feature = "serde",
@@ -171,8 +171,8 @@ pub struct Origin {
 impl Origin {
     /// An origin in `stream` of `broker`, at `sequence`, first delivery.
     pub fn new(
-        broker: impl Into<String>,
-        stream: impl Into<String>,
+        broker: impl Into<Arc<str>>,
+        stream: impl Into<Arc<str>>,
         sequence: impl Into<String>,
     ) -> Self {
         Origin {

@@ -50,6 +50,10 @@ pub struct ConsumeConfig {
     pub max_deliveries: u32,
     /// The nak delays of the settlement table.
     pub delays: SettlementDelays,
+    /// The longest a pull or a settlement may take. A broker that went away mid-request may never
+    /// answer it; past this the request counts as failed (a pull is retried with backoff, an unsettled
+    /// delivery is redelivered by the broker after its ack wait). Default 10 s.
+    pub broker_timeout: Duration,
 }
 
 impl Default for ConsumeConfig {
@@ -59,6 +63,7 @@ impl Default for ConsumeConfig {
             batch: 64,
             max_deliveries: 5,
             delays: SettlementDelays::default(),
+            broker_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +83,7 @@ impl ConsumeConfig {
                 "must be at least 1",
             ));
         }
+        crate::error::check_duration("broker_timeout", self.broker_timeout)?;
         self.delays.validate()
     }
 }
@@ -228,46 +234,77 @@ where
     S: Source<T>,
 {
     let max_in_flight = config.max_in_flight.unwrap_or(listener.concurrency);
+    let low_water = (max_in_flight.min(config.batch) / 4).max(1);
     let ack_wait = source.ack_wait();
     let mut running: JoinSet<()> = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     tracing::info!(target: "tower_listener::source", listener = %listener.id, source = source.name(), "consumer started");
+    // One wake-up registration for the pump's whole life, not one per turn of the loop.
+    let stopped = shared.until(&shared.stopping);
+    tokio::pin!(stopped);
     while !shared.stopping.load(Ordering::SeqCst) {
         while running.try_join_next().is_some() {}
         // An open breaker pauses pulling: the events wait on the broker, not in failures.
         if let Some(wait) = listener.breaker.retry_after() {
-            pause(&shared, wait.min(Duration::from_secs(1))).await;
-            continue;
-        }
-        let room = if listener.breaker.state() == CircuitState::HalfOpen {
-            usize::from(running.is_empty()) // one probe at a time
-        } else {
-            max_in_flight.saturating_sub(running.len())
-        };
-        if room == 0 {
             tokio::select! {
-                _ = running.join_next() => {}
-                () = shared.until(&shared.stopping) => {}
-                // Re-check the breaker now and then while a probe runs.
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+                () = &mut stopped => {}
             }
             continue;
         }
+        let half_open = listener.breaker.state() == CircuitState::HalfOpen;
+        let room = if half_open {
+            usize::from(running.is_empty()) // one probe at a time
+        } else {
+            match max_in_flight.saturating_sub(running.len()) {
+                // Wait for a quarter of the slots to free up before pulling again, unless nothing
+                // runs: fewer, fuller pulls (one round trip each) for the same limit.
+                free if free < low_water && !running.is_empty() => 0,
+                free => free,
+            }
+        };
+        if room == 0 {
+            // Re-check the breaker now and then while a probe runs.
+            let recheck = async {
+                match half_open {
+                    true => tokio::time::sleep(Duration::from_millis(100)).await,
+                    false => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = running.join_next() => {}
+                () = &mut stopped => {}
+                () = recheck => {}
+            }
+            continue;
+        }
+        let pulling =
+            tokio::time::timeout(config.broker_timeout, source.pull(room.min(config.batch)));
         let pulled = tokio::select! {
-            pulled = source.pull(room.min(config.batch)) => pulled,
-            () = shared.until(&shared.stopping) => break,
+            pulled = pulling => pulled.unwrap_or_else(|_| Err(Error::backend(
+                "pulling",
+                format!("no answer within {:?}", config.broker_timeout),
+            ))),
+            () = &mut stopped => break,
         };
         match pulled {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
                 for delivery in deliveries {
                     let (listener, shared) = (listener.clone(), shared.clone());
-                    running.spawn(settle(listener, delivery, config, ack_wait, shared));
+                    // Boxed here, the delivery's future (about 2 KB) is copied once, not at every
+                    // layer of the spawn.
+                    running.spawn(Box::pin(settle(
+                        listener, delivery, config, ack_wait, shared,
+                    )));
                 }
             }
             Err(error) => {
                 tracing::warn!(target: "tower_listener::source", listener = %listener.id, source = source.name(), error = %error, retry_in_ms = backoff.as_millis() as u64, "pull failed; retrying");
-                pause(&shared, backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut stopped => {}
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
@@ -296,18 +333,10 @@ where
     StopReport { drained, cancelled }
 }
 
-/// Sleeps `wait`, or until the consumer stops.
-async fn pause(shared: &ConsumerShared, wait: Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(wait) => {}
-        () = shared.until(&shared.stopping) => {}
-    }
-}
-
 /// Runs one delivery to its outcome and settles it.
-async fn settle<T: Send + Sync + 'static>(
+async fn settle<T: Send + Sync + 'static, A: Acker>(
     listener: Arc<ManagedListener<T>>,
-    delivery: Delivery<T>,
+    delivery: Delivery<T, A>,
     config: ConsumeConfig,
     ack_wait: Option<Duration>,
     shared: Arc<ConsumerShared>,
@@ -320,8 +349,9 @@ async fn settle<T: Send + Sync + 'static>(
     if origin.delivered > 1 {
         listener.metrics.redelivered();
     }
+    // The rare paths are boxed: the future of every delivery (moved into its task) stays small.
     let outcome = match payload {
-        Err(malformed) => listener.store_malformed(malformed, origin).await,
+        Err(malformed) => Box::pin(listener.store_malformed(malformed, origin)).await,
         Ok(event) if origin.delivered > config.max_deliveries => {
             let error = ErrorRecord::new(
                 "redelivered",
@@ -330,8 +360,7 @@ async fn settle<T: Send + Sync + 'static>(
                     origin.delivered, config.max_deliveries
                 ),
             );
-            listener
-                .store_letter(event, error, 0, DeadLetterReason::Redelivered, origin)
+            Box::pin(listener.store_letter(event, error, 0, DeadLetterReason::Redelivered, origin))
                 .await
         }
         Ok(event) => {
@@ -347,10 +376,12 @@ async fn settle<T: Send + Sync + 'static>(
                         None => std::future::pending().await,
                     }
                 };
+                // The event first: one that completes at once never arms a timer or a wake-up.
                 tokio::select! {
+                    biased;
                     outcome = &mut running => break outcome,
                     () = progress_due => {
-                        signal_progress(&listener, &*acker).await;
+                        signal_progress(&listener, &acker, config.broker_timeout).await;
                         next_progress = every.map(|every| Instant::now() + every);
                     }
                     () = shared.until(&shared.cancelled) => break Outcome::Cancelled,
@@ -359,10 +390,13 @@ async fn settle<T: Send + Sync + 'static>(
         }
     };
     let settled = settlement(outcome, &config.delays);
+    // A broker's settlement future can be large (a confirmed ack waits on a subscription of its own):
+    // boxed, it is allocated once it is reached, instead of being copied along with every delivery's
+    // future from its start.
     let result = match settled {
-        Settlement::Ack => acker.ack().await,
-        Settlement::Term => acker.term().await,
-        Settlement::Nak(delay) => acker.nak(delay).await,
+        Settlement::Ack => answered(Box::pin(acker.ack()), config.broker_timeout).await,
+        Settlement::Term => answered(Box::pin(acker.term()), config.broker_timeout).await,
+        Settlement::Nak(delay) => answered(Box::pin(acker.nak(delay)), config.broker_timeout).await,
     };
     match result {
         Ok(()) => listener.metrics.settled(Some(settled)),
@@ -373,8 +407,24 @@ async fn settle<T: Send + Sync + 'static>(
     }
 }
 
-async fn signal_progress<T>(listener: &ManagedListener<T>, acker: &dyn Acker) {
-    match acker.progress().await {
+/// `request`'s answer, or an error when it takes longer than `timeout` (a broker that went away may never
+/// answer a request it had received).
+async fn answered(
+    request: impl std::future::Future<Output = Result<(), Error>>,
+    timeout: Duration,
+) -> Result<(), Error> {
+    tokio::time::timeout(timeout, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::backend(
+                "settling",
+                format!("no answer within {timeout:?}"),
+            ))
+        })
+}
+
+async fn signal_progress<T>(listener: &ManagedListener<T>, acker: &impl Acker, timeout: Duration) {
+    match answered(Box::pin(acker.progress()), timeout).await {
         Ok(()) => listener.metrics.settled(None),
         Err(error) => {
             tracing::warn!(target: "tower_listener::source", listener = %listener.id, error = %error, "progress signal failed")
@@ -439,7 +489,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             letter.first_failure_at = first;
         }
         letter.origin = Some(origin);
-        self.store(letter).instrument(span).await
+        Box::pin(self.store(letter).instrument(span)).await
     }
 
     /// Dead-letters `event` without running it (it was delivered too many times).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{AckFuture, Acker, Capabilities, Delivery, Malformed, Origin, PullFuture, Source};
+use super::{Acker, Capabilities, Delivery, Malformed, Origin, Source};
 use crate::{Error, Event};
 
 /// A broker in memory that keeps the contract of a real one: each message is delivered to one consumer at
@@ -194,12 +194,14 @@ impl<T> Shared<T> {
 }
 
 impl<T: Send + Sync + 'static> Source<T> for MemorySource<T> {
+    type Acker = MemoryAcker<T>;
+
     fn name(&self) -> &str {
         &self.shared.name
     }
 
-    fn pull(&mut self, max: usize) -> PullFuture<'_, T> {
-        Box::pin(async move {
+    async fn pull(&mut self, max: usize) -> Result<Vec<Delivery<T, MemoryAcker<T>>>, Error> {
+        {
             let deadline = Instant::now() + self.shared.wait;
             loop {
                 // Created before the check, so a publish after it wakes this pull.
@@ -217,7 +219,7 @@ impl<T: Send + Sync + 'static> Source<T> for MemorySource<T> {
                     () = tokio::time::sleep_until(wake) => {}
                 }
             }
-        })
+        }
     }
 
     fn ack_wait(&self) -> Option<Duration> {
@@ -232,7 +234,8 @@ impl<T: Send + Sync + 'static> Source<T> for MemorySource<T> {
 impl<T: Send + Sync + 'static> MemorySource<T> {
     /// Takes up to `max` deliverable messages; also returns when the next held or delayed one becomes
     /// deliverable.
-    fn take(&self, max: usize) -> (Vec<Delivery<T>>, Option<Instant>) {
+    #[allow(clippy::type_complexity)]
+    fn take(&self, max: usize) -> (Vec<Delivery<T, MemoryAcker<T>>>, Option<Instant>) {
         let now = Instant::now();
         let mut state = self.lock();
         let mut batch = Vec::new();
@@ -262,13 +265,13 @@ impl<T: Send + Sync + 'static> MemorySource<T> {
             };
             batch.push(Delivery {
                 payload,
-                origin: Origin::new("memory", self.shared.name.clone(), seq.to_string())
+                origin: Origin::new("memory", self.shared.name.as_str(), seq.to_string())
                     .delivered(message.delivered),
-                acker: Box::new(MemoryAcker {
+                acker: MemoryAcker {
                     shared: self.shared.clone(),
                     seq,
                     delivery: message.delivered,
-                }),
+                },
             });
         }
         state.counts = counts;
@@ -279,25 +282,25 @@ impl<T: Send + Sync + 'static> MemorySource<T> {
 /// Settles one delivery of a [`MemorySource`]. Ack and term remove the message whichever delivery they
 /// come from (as brokers accept a late ack); a nak or progress from a delivery that is no longer the
 /// current one is ignored.
-struct MemoryAcker<T> {
+pub struct MemoryAcker<T> {
     shared: Arc<Shared<T>>,
     seq: u64,
     delivery: u32,
 }
 
 impl<T: Send + Sync + 'static> MemoryAcker<T> {
-    fn settle(&self, apply: impl FnOnce(&mut State<T>, u64, u32)) -> AckFuture {
+    fn settle(&self, apply: impl FnOnce(&mut State<T>, u64, u32)) -> Result<(), Error> {
         {
             let mut state = self.shared.lock();
             apply(&mut state, self.seq, self.delivery);
         }
         self.shared.arrived.notify_waiters();
-        Box::pin(std::future::ready(Ok::<(), Error>(())))
+        Ok(())
     }
 }
 
 impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
-    fn ack(&self) -> AckFuture {
+    async fn ack(&self) -> Result<(), Error> {
         self.settle(|state, seq, _| {
             if state.messages.remove(&seq).is_some() {
                 state.counts.acked += 1;
@@ -305,7 +308,7 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
         })
     }
 
-    fn nak(&self, delay: Option<Duration>) -> AckFuture {
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), Error> {
         self.settle(|state, seq, delivery| {
             if let Some(message) = state.messages.get_mut(&seq) {
                 if message.delivered == delivery {
@@ -317,7 +320,7 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
         })
     }
 
-    fn term(&self) -> AckFuture {
+    async fn term(&self) -> Result<(), Error> {
         self.settle(|state, seq, _| {
             if state.messages.remove(&seq).is_some() {
                 state.counts.termed += 1;
@@ -325,7 +328,7 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
         })
     }
 
-    fn progress(&self) -> AckFuture {
+    async fn progress(&self) -> Result<(), Error> {
         let ack_wait = self.shared.ack_wait;
         self.settle(|state, seq, delivery| {
             if let Some(message) = state.messages.get_mut(&seq) {

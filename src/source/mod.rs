@@ -28,30 +28,27 @@
 
 mod memory;
 
-pub use memory::{MemorySettlements, MemorySource};
+pub use memory::{MemoryAcker, MemorySettlements, MemorySource};
 
 use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 pub use crate::dead_letter::Origin;
 use crate::{Error, Event};
 
-/// The future of a settlement on the broker.
-pub type AckFuture = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'static>>;
-
 /// How one delivery is settled on its broker. Each call speaks to the broker; the pump calls exactly one
-/// of `ack`, `nak` and `term` per delivery, and `progress` any number of times before it.
+/// of `ack`, `nak` and `term` per delivery, and `progress` any number of times before it. The futures
+/// may borrow the acker (the pump holds it until the broker answered); nothing is boxed.
 pub trait Acker: Send + Sync + 'static {
     /// Done: the broker forgets it (where it can, only once the broker confirmed).
-    fn ack(&self) -> AckFuture;
+    fn ack(&self) -> impl Future<Output = Result<(), Error>> + Send + '_;
     /// Not now: the broker delivers it again after `delay` (at once for `None`), to this instance or
     /// another.
-    fn nak(&self, delay: Option<Duration>) -> AckFuture;
+    fn nak(&self, delay: Option<Duration>) -> impl Future<Output = Result<(), Error>> + Send + '_;
     /// Never again: the broker stops delivering it (it failed and its dead letter is stored).
-    fn term(&self) -> AckFuture;
+    fn term(&self) -> impl Future<Output = Result<(), Error>> + Send + '_;
     /// Still working on it: the broker restarts its ack-wait clock instead of redelivering it.
-    fn progress(&self) -> AckFuture;
+    fn progress(&self) -> impl Future<Output = Result<(), Error>> + Send + '_;
 }
 
 /// A payload a source could not decode into an event.
@@ -63,17 +60,17 @@ pub struct Malformed {
     pub error: String,
 }
 
-/// One delivery of an event from a broker.
-pub struct Delivery<T> {
+/// One delivery of an event from a broker, settled with its acker `A`.
+pub struct Delivery<T, A> {
     /// The event, or the payload that did not decode into one.
     pub payload: Result<Event<T>, Malformed>,
     /// Where it sits on the broker, and how many times it has been delivered (1 the first time).
     pub origin: Origin,
     /// How to settle it.
-    pub acker: Box<dyn Acker>,
+    pub acker: A,
 }
 
-impl<T> std::fmt::Debug for Delivery<T> {
+impl<T, A> std::fmt::Debug for Delivery<T, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
             .field(
@@ -111,20 +108,23 @@ impl Capabilities {
     }
 }
 
-/// The future of a pull.
-pub type PullFuture<'a, T> =
-    Pin<Box<dyn Future<Output = Result<Vec<Delivery<T>>, Error>> + Send + 'a>>;
-
 /// Where deliveries come from: one consumer of a broker (a JetStream durable consumer, a Redis consumer
 /// group member, a [`MemorySource`]).
 pub trait Source<T>: Send + 'static {
+    /// How its deliveries are settled.
+    type Acker: Acker;
+
     /// A short name for logs and metrics.
     fn name(&self) -> &str;
 
     /// Up to `max` deliveries: what is there now, or the first to arrive within the source's own short
     /// wait; an empty batch when nothing came. An error means the broker is out of reach: the pump
     /// retries with backoff, and the source reconnects.
-    fn pull(&mut self, max: usize) -> PullFuture<'_, T>;
+    #[allow(clippy::type_complexity)]
+    fn pull(
+        &mut self,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<Delivery<T, Self::Acker>>, Error>> + Send + '_;
 
     /// How long the broker waits for a settlement before it redelivers; the pump sends progress at half
     /// of it for events still running. `None` when the broker never redelivers on its own.

@@ -108,6 +108,15 @@ pub fn handler() -> (
     (svc, probe)
 }
 
+/// The runtime of a test's child process (crash and kill tests re-run the test binary as a child).
+pub fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Lets spawned tasks run up to their next await, without advancing paused time.
 pub async fn settle() {
     for _ in 0..10 {

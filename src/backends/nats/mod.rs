@@ -18,7 +18,7 @@
 mod source;
 mod store;
 
-pub use source::{NatsSource, NatsSourceConfig};
+pub use source::{NatsAcker, NatsSource, NatsSourceConfig};
 pub use store::{NatsStore, NatsStoreConfig, RepublishReport};
 
 use crate::Error;
