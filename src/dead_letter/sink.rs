@@ -164,6 +164,13 @@ pub struct Origin {
     pub subject: Option<String>,
     /// Its position in the stream: a sequence number or an entry id.
     pub sequence: String,
+    /// The consumer group it was delivered through, where the broker has them (Redis Streams): what a
+    /// store needs to acknowledge the entry in the transaction that stores its letter.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub group: Option<String>,
     /// How many times it had been delivered (1 the first time).
     pub delivered: u32,
 }
@@ -180,8 +187,15 @@ impl Origin {
             stream: stream.into(),
             subject: None,
             sequence: sequence.into(),
+            group: None,
             delivered: 1,
         }
+    }
+
+    /// With the consumer group it was delivered through.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
     }
 
     /// With the subject it was published on.

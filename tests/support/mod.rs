@@ -128,6 +128,13 @@ pub mod conformance;
 pub mod faults;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// Whether the broker tests must fail instead of skipping when their broker is unreachable.
+pub fn brokers_required() -> bool {
+    std::env::var("TOWER_LISTENER_BROKERS").is_ok_and(|v| v == "required")
+}
 pub mod stores;
 
 /// Events for the manager tests: the event type says what the handler does.

@@ -12,7 +12,7 @@ pub fn url() -> String {
 }
 
 pub fn required() -> bool {
-    std::env::var("TOWER_LISTENER_BROKERS").is_ok_and(|v| v == "required")
+    super::brokers_required()
 }
 
 /// A client, or `None` (after saying why) when NATS is unreachable and not required.

@@ -51,31 +51,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, Error> {
         })
 }
 
-/// `url` without its user name and password: what may be shown in logs and errors.
-///
-/// ```
-/// use tower_listener::backends::nats::redacted;
-///
-/// assert_eq!(redacted("nats://app:s3cret@10.0.0.7:4222"), "nats://***@10.0.0.7:4222");
-/// assert_eq!(redacted("nats://10.0.0.7:4222"), "nats://10.0.0.7:4222");
-/// ```
-pub fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let (scheme, rest) = one.split_once("://").unwrap_or(("", one));
-            let shown = match rest.rsplit_once('@') {
-                Some((_, host)) => format!("***@{host}"),
-                None => rest.to_owned(),
-            };
-            if scheme.is_empty() {
-                shown
-            } else {
-                format!("{scheme}://{shown}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use super::redacted;
 
 /// An async-nats error with what was being done.
 pub(crate) fn failed(context: impl Into<String>, error: impl std::fmt::Display) -> Error {
