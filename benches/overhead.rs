@@ -48,25 +48,7 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
     }
     let limit = |mode| ConcurrencyLimitLayer::new(ConcurrencyConfig::new(10, mode)).unwrap();
 
-    let manager = ListenerManager::new(ManagerConfig::named("bench")).unwrap();
-    manager
-        .register(
-            tower_listener::Listener::new("bench", noop()),
-            ListenerConfig::default(),
-        )
-        .unwrap();
-    rt.block_on(manager.start()).unwrap();
-    let ev = event();
-    let through_manager: Case = Box::new(move |iters| {
-        rt.block_on(async {
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                let _ = std::hint::black_box(manager.process("bench", ev.clone()).await);
-            }
-            start.elapsed()
-        })
-    });
-
+    let (_, through_manager) = manager_case(rt, "bench");
     vec![
         ("bare no-op service", "the baseline", case(rt, noop())),
         (
@@ -154,6 +136,12 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
             "ours: the manager",
             through_manager,
         ),
+        #[cfg(feature = "prometheus")]
+        (
+            "full stack, manager.process, scraped",
+            "ours: the manager, its metrics encoded every 10 ms on the other core",
+            scraped::case(rt),
+        ),
         (
             "plain tower stack",
             "tower retry + limit + timeout + histogram",
@@ -165,6 +153,74 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
             case(rt, stacks::tower_resilience()),
         ),
     ]
+}
+
+/// A started manager with one no-op listener, and a case that runs events through it.
+fn manager_case(rt: &'static Runtime, name: &str) -> (ListenerManager, Case) {
+    let manager = ListenerManager::new(ManagerConfig::named(name)).unwrap();
+    manager
+        .register(
+            tower_listener::Listener::new("bench", noop()),
+            ListenerConfig::default(),
+        )
+        .unwrap();
+    rt.block_on(manager.start()).unwrap();
+    let ev = event();
+    let running = manager.clone();
+    let case: Case = Box::new(move |iters| {
+        rt.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let _ = std::hint::black_box(running.process("bench", ev.clone()).await);
+            }
+            start.elapsed()
+        })
+    });
+    (manager, case)
+}
+
+/// The manager with Prometheus export: a `ManagerCollector` whose registry a thread encodes every 10 ms
+/// (as a scrape would) while the case runs.
+#[cfg(feature = "prometheus")]
+mod scraped {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+    use tokio::runtime::Runtime;
+    use tower_listener::prometheus::ManagerCollector;
+
+    use super::{manager_case, Case};
+
+    /// Scrapes taken so far (to show the scraper ran), and the nanoseconds they took.
+    pub static SCRAPES: AtomicU64 = AtomicU64::new(0);
+    pub static SCRAPE_NANOS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn case(rt: &'static Runtime) -> Case {
+        let (manager, mut run) = manager_case(rt, "bench-scraped");
+        let mut registry = Registry::default();
+        ManagerCollector::register(&mut registry, manager);
+        let active = Arc::new(AtomicBool::new(false));
+        let scraping = active.clone();
+        std::thread::spawn(move || loop {
+            if scraping.load(Ordering::Relaxed) {
+                let start = std::time::Instant::now();
+                let mut body = String::new();
+                prometheus_client::encoding::text::encode(&mut body, &registry).unwrap();
+                std::hint::black_box(&body);
+                SCRAPE_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                SCRAPES.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        });
+        Box::new(move |iters| {
+            active.store(true, Ordering::Relaxed);
+            let took = run(iters);
+            active.store(false, Ordering::Relaxed);
+            took
+        })
+    }
 }
 
 fn main() {
@@ -189,5 +245,52 @@ fn main() {
             table.row(name, ns, note);
         }
         table.print();
+        #[cfg(feature = "prometheus")]
+        scrape_comparison(rt, &mut all);
+    }
+}
+
+/// The manager with and without a scrape every 10 ms, interleaved round by round so that drift of the
+/// machine hits both alike, next to the same comparison between two unscraped managers (the noise).
+#[cfg(feature = "prometheus")]
+fn scrape_comparison(rt: &'static Runtime, all: &mut [(&'static str, &'static str, Case)]) {
+    use std::sync::atomic::Ordering;
+
+    let position = |name: &str| all.iter().position(|(n, _, _)| *n == name).unwrap();
+    let (plain, scraped) = (
+        position("full stack, manager.process"),
+        position("full stack, manager.process, scraped"),
+    );
+    let (_, mut twin) = manager_case(rt, "bench-twin");
+    let before = scraped::SCRAPES.load(Ordering::Relaxed);
+    let nanos_before = scraped::SCRAPE_NANOS.load(Ordering::Relaxed);
+    let (mut noise, mut scrape) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let a = (all[plain].2)(200_000).as_nanos() as f64;
+        let b = (all[scraped].2)(200_000).as_nanos() as f64;
+        let c = twin(200_000).as_nanos() as f64;
+        scrape.push(b / a);
+        noise.push(c / a);
+    }
+    let scrapes = scraped::SCRAPES.load(Ordering::Relaxed) - before;
+    let nanos = scraped::SCRAPE_NANOS.load(Ordering::Relaxed) - nanos_before;
+    println!(
+        "\nmanager.process, 15 interleaved rounds of 200,000 events ({scrapes} scrapes of {:.0} µs each):",
+        nanos as f64 / scrapes.max(1) as f64 / 1e3
+    );
+    for (what, ratios) in [
+        ("scraped every 10 ms / not scraped", &mut scrape),
+        (
+            "another unscraped manager / not scraped (noise)",
+            &mut noise,
+        ),
+    ] {
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "  {what}: median {:.3}x, range {:.3}x to {:.3}x",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! An axum service with tower-listener: events over HTTP through the manager, a health endpoint, and the
-//! layers applied directly to a route that calls a flaky downstream.
+//! An axum service with tower-listener: events over HTTP through the manager, a health endpoint,
+//! Prometheus metrics, and the layers applied directly to a route that calls a flaky downstream.
 //!
 //! ```sh
-//! cargo run --example axum_service --features axum
+//! cargo run --example axum_service --features axum,prometheus
 //! curl -s localhost:3000/health
+//! curl -s localhost:3000/metrics
 //! curl -s -XPOST localhost:3000/events/orders -H 'content-type: application/json' \
 //!      -d '{"specversion":"1.0","id":"o-1","type":"order.created","time":"2026-12-01T10:00:00Z","data":{"total":42}}'
 //! curl -s -XPOST localhost:3000/events/orders -H 'content-type: application/json' \
@@ -12,6 +13,9 @@
 //! ```
 //! An invalid order is a permanent failure: answered 422 at once, dead-lettered, never retried, and it
 //! never opens the `orders` breaker, so valid orders keep flowing.
+//!
+//! `/metrics` serves the manager's metrics and the dead-letter queue's size as OpenMetrics text, for
+//! Prometheus to scrape (see `examples/grafana/tower-listener.json` for a dashboard over them).
 //!
 //! `PORT` sets the port (default 3000). Ctrl-C or SIGTERM stops the server, then the manager, gracefully.
 
@@ -23,7 +27,9 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::registry::Registry;
 use tower::ServiceBuilder;
+use tower_listener::prometheus::ManagerCollector;
 use tower_listener::{
     listener_fn, shutdown_signal, CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig,
     ConcurrencyLimitLayer, Error, Event, LimitMode, ListenerConfig, ListenerManager, ManagerConfig,
@@ -84,9 +90,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .layer(TimeoutLayer::new(Duration::from_millis(500))?),
     );
 
-    let app = Router::new()
-        .route("/inventory/{sku}", inventory)
-        .merge(tower_listener::http::router(manager.clone()));
+    // Metrics: the manager's, and how many dead letters wait in `orders`' queue (read every 5 s).
+    let mut registry = Registry::default();
+    let dead_letters = manager
+        .dead_letters("orders")?
+        .ok_or("orders keeps no dead letters")?;
+    registry.register_collector(Box::new(
+        ManagerCollector::new(manager.clone()).with_store(
+            "orders-memory",
+            dead_letters,
+            Duration::from_secs(5),
+        )?,
+    ));
+
+    let app = Router::new().route("/inventory/{sku}", inventory).merge(
+        tower_listener::http::router_with_registry(manager.clone(), Arc::new(registry)),
+    );
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -178,6 +178,10 @@ async fn main() -> Result<(), Error> {
         "\n{left} dead letters left ({permanent} permanent), {} redriven successfully",
         stats.redriven_succeeded
     );
+    println!(
+        "\nin a service, these figures are scraped from GET /metrics (feature `prometheus`):\n  \
+         cargo run --example axum_service --features axum,prometheus  # then curl localhost:3000/metrics"
+    );
     Ok(())
 }
 

@@ -91,6 +91,8 @@ pub mod http;
 pub mod limit;
 pub mod manager;
 pub mod metrics;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod retry;
 #[cfg(feature = "serde")]
 mod rfc3339;

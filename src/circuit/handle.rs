@@ -179,7 +179,7 @@ impl Breaker {
 
     fn reject(&self, retry_after: Option<Duration>) -> Error {
         if let Some(metrics) = &self.metrics {
-            metrics.rejected();
+            metrics.rejected(crate::metrics::Rejection::CircuitOpen);
         }
         Error::CircuitOpen { retry_after }
     }
@@ -325,7 +325,7 @@ impl Breaker {
         self.snapshot
             .store(pack(machine.generation(), t.to), Ordering::Release);
         if let Some(metrics) = &self.metrics {
-            metrics.circuit_changed(t.to);
+            metrics.circuit_changed(t.from, t.to);
         }
     }
 

@@ -239,7 +239,7 @@ where
                     match outcome {
                         Ok(()) => {
                             if let Some(metrics) = &shared.metrics {
-                                metrics.dead_lettered();
+                                metrics.dead_lettered(*reason);
                             }
                             tracing::warn!(
                                 target: "tower_listener::dead_letter",

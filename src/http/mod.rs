@@ -13,6 +13,10 @@
 //!   documentation shows), with the status, the counters and, per listener, its health and latency
 //!   percentiles.
 //!
+//! - `GET /metrics` (with feature `prometheus`): the manager's metrics as OpenMetrics text (see
+//!   [`prometheus`](crate::prometheus) for the names); [`router_with_registry`] serves a registry of
+//!   yours there instead, and [`metrics_router`] serves one alone (on an admin port, say).
+//!
 //! [`dead_letter_router`] serves an operator's view of a dead-letter store (list, inspect, redrive, delete),
 //! as a router of its own to mount behind the service's admin access.
 //!
@@ -20,8 +24,12 @@
 //! turn their errors into responses through `HandleErrorLayer` or a handler returning `Result<_, Error>`.
 
 mod dead_letters;
+#[cfg(feature = "prometheus")]
+mod metrics;
 
 pub use dead_letters::{dead_letter_router, OperatorAuth};
+#[cfg(feature = "prometheus")]
+pub use metrics::{metrics_router, OPENMETRICS_CONTENT_TYPE};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -109,7 +117,57 @@ impl<T> IntoResponse for DispatchError<T> {
 /// let app: axum::Router = tower_listener::http::router(manager);
 /// # let _ = app;
 /// ```
+///
+/// With feature `prometheus` it also serves `GET /metrics`: a registry holding only a
+/// [`ManagerCollector`](crate::prometheus::ManagerCollector) of `manager`.
 pub fn router<T>(manager: ListenerManager<T>) -> Router
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    #[cfg(feature = "prometheus")]
+    {
+        let mut registry = prometheus_client::registry::Registry::default();
+        crate::prometheus::ManagerCollector::register(&mut registry, manager.clone());
+        router_with_registry(manager, std::sync::Arc::new(registry))
+    }
+    #[cfg(not(feature = "prometheus"))]
+    events_and_health(manager)
+}
+
+/// [`router`], with `GET /metrics` serving `registry`: yours, holding a
+/// [`ManagerCollector`](crate::prometheus::ManagerCollector) (with the dead-letter stores you watch) next
+/// to your own metrics.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use prometheus_client::registry::Registry;
+/// use tower_listener::prometheus::ManagerCollector;
+/// use tower_listener::{DeadLetterQueue, ListenerManager};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_listener::Error> {
+/// let manager = ListenerManager::new(Default::default())?;
+/// let dead_letters = DeadLetterQueue::new(1_000);
+/// let mut registry = Registry::default();
+/// registry.register_collector(Box::new(
+///     ManagerCollector::new(manager.clone()).with_store("memory", dead_letters, Duration::from_secs(5))?,
+/// ));
+/// let app: axum::Router = tower_listener::http::router_with_registry(manager, Arc::new(registry));
+/// # let _ = app;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "prometheus")]
+pub fn router_with_registry<T>(
+    manager: ListenerManager<T>,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+) -> Router
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    events_and_health(manager).merge(metrics_router(registry))
+}
+
+fn events_and_health<T>(manager: ListenerManager<T>) -> Router
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {

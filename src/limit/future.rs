@@ -108,7 +108,7 @@ where
                         Ok(permit) => permit,
                         Err(error) => {
                             if let Some(metrics) = metrics {
-                                metrics.rejected();
+                                metrics.rejected(crate::metrics::Rejection::Overloaded);
                             }
                             return Poll::Ready(Err(error));
                         }

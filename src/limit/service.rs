@@ -42,7 +42,7 @@ impl<S> ConcurrencyLimit<S> {
 
     fn overloaded(&self) -> Error {
         if let Some(metrics) = &self.metrics {
-            metrics.rejected();
+            metrics.rejected(crate::metrics::Rejection::Overloaded);
         }
         Error::Overloaded
     }

@@ -556,7 +556,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         };
         match result {
             Ok(()) => {
-                self.metrics.dead_lettered();
+                self.metrics.dead_lettered(reason);
                 tracing::warn!(
                     target: "tower_listener::dead_letter",
                     listener = %self.id,

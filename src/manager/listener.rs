@@ -439,7 +439,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             async move {
                 match tokio::spawn(sending).await {
                     Ok(Ok(())) => {
-                        metrics.dead_lettered();
+                        metrics.dead_lettered(DeadLetterReason::Shutdown);
                         tracing::warn!(
                             target: "tower_listener::dead_letter",
                             listener = %id,

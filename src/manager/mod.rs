@@ -625,7 +625,10 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         match self.inner.pool.try_send(Job { accepted, event }) {
             Ok(()) => Ok(()),
             Err(job) => {
-                job.accepted.listener.metrics.rejected();
+                job.accepted
+                    .listener
+                    .metrics
+                    .rejected(crate::metrics::Rejection::Overloaded);
                 Err(DispatchError {
                     error: Error::Overloaded,
                     event: job.event,

@@ -121,6 +121,14 @@ impl LatencySummary {
     }
 }
 
+/// A histogram in coarse buckets (see [`LatencyHistogram::coarse`]).
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+pub(crate) struct Coarse {
+    pub(crate) counts: Vec<u64>,
+    pub(crate) count: u64,
+    pub(crate) sum_seconds: f64,
+}
+
 #[repr(align(128))] // one shard per cache line pair, so shards do not false-share
 struct Shard(OnceLock<Box<[AtomicU64]>>);
 
@@ -191,15 +199,52 @@ impl LatencyHistogram {
         counts[bucket(nanos)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Percentiles over everything recorded.
-    pub(crate) fn summary(&self) -> LatencySummary {
-        let mut merged = new_histogram();
+    /// Every bucket's count, summed over the shards.
+    fn totals(&self) -> Vec<u64> {
         let mut totals = vec![0u64; BUCKETS];
         for counts in self.shards.iter().filter_map(|shard| shard.0.get()) {
             for (total, count) in totals.iter_mut().zip(counts.iter()) {
                 *total += count.load(Ordering::Relaxed);
             }
         }
+        totals
+    }
+
+    /// What was recorded, in the coarse buckets `bounds` (upper bounds in nanoseconds, ascending): the
+    /// count in each (not cumulative; one more for what is above the last), the total count, and the sum
+    /// in seconds. A fine bucket goes to the first bound at or above its lowest value (buckets are within
+    /// 0.8 %), and counts in the sum at its middle.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn coarse(&self, bounds: &[u64]) -> Coarse {
+        let mut coarse = Coarse {
+            counts: vec![0; bounds.len() + 1],
+            count: 0,
+            sum_seconds: 0.0,
+        };
+        for (index, count) in self
+            .totals()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| *c > 0)
+        {
+            let floor = bucket_floor(index);
+            let next = if index + 1 < BUCKETS {
+                bucket_floor(index + 1)
+            } else {
+                floor
+            };
+            let slot = bounds.partition_point(|&bound| bound < floor);
+            coarse.counts[slot] += count;
+            coarse.count += count;
+            coarse.sum_seconds += count as f64 * (floor as f64 + next as f64) / 2.0 / 1e9;
+        }
+        coarse
+    }
+
+    /// Percentiles over everything recorded.
+    pub(crate) fn summary(&self) -> LatencySummary {
+        let mut merged = new_histogram();
+        let totals = self.totals();
         for (index, &count) in totals.iter().enumerate().filter(|(_, &c)| c > 0) {
             // The same buckets on both sides: the floor lands in this bucket's hdrhistogram bucket.
             merged.saturating_record_n(bucket_floor(index), count);
@@ -263,6 +308,26 @@ mod tests {
             );
         }
         assert_eq!(bucket(HIGHEST_NANOS), BUCKETS - 1);
+    }
+
+    #[test]
+    fn coarse_buckets_count_each_value_once_under_its_bound() {
+        let h = LatencyHistogram::new();
+        for micros in [50u64, 100, 150, 999, 1_000, 1_001, 2_000_000] {
+            h.record(Duration::from_micros(micros));
+        }
+        let bounds = [100_000, 1_000_000, 1_000_000_000];
+        let coarse = h.coarse(&bounds);
+        assert_eq!(coarse.count, 7);
+        // ≤ 100 µs: 50, 100; ≤ 1 ms: 150, 999, 1000 (1001 µs is in a bucket whose floor is 1 ms within
+        // 0.8 %, so it lands under the bound too); ≤ 1 s: none; above: 2 s.
+        assert_eq!(coarse.counts, [2, 4, 0, 1]);
+        let exact = (50 + 100 + 150 + 999 + 1_000 + 1_001 + 2_000_000) as f64 / 1e6;
+        assert!(
+            (coarse.sum_seconds - exact).abs() < exact * 0.01,
+            "{}",
+            coarse.sum_seconds
+        );
     }
 
     #[test]

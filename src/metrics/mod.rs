@@ -60,6 +60,27 @@ pub struct ListenerMetrics {
     attempt_window: SlidingWindow,
     attempt_latency: LatencyHistogram,
     event_latency: LatencyHistogram,
+    /// Rare events, not sharded: breaker transitions by (from, to) state, dead letters by reason.
+    transitions: [[AtomicU64; 5]; 5],
+    dead_letters_by_reason: [AtomicU64; REASONS],
+}
+
+/// How many dead-letter reasons there are.
+const REASONS: usize = crate::DeadLetterReason::ALL.len();
+
+/// The position of `reason` in [`DeadLetterReason::ALL`](crate::DeadLetterReason::ALL).
+fn reason_index(reason: crate::DeadLetterReason) -> usize {
+    crate::DeadLetterReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(0)
+}
+
+/// What rejected a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    CircuitOpen,
+    Overloaded,
 }
 
 /// The counters of one shard. `events_processed` and `attempts` are derived (succeeded + failed), so the
@@ -75,7 +96,8 @@ struct Counts {
     attempt_failures: AtomicU64,
     dead_letter_events: AtomicU64,
     dead_letter_failures: AtomicU64,
-    rejected: AtomicU64,
+    rejected_circuit_open: AtomicU64,
+    rejected_overloaded: AtomicU64,
     timeouts: AtomicU64,
     /// Incremented and decremented on possibly different shards: summed with wrapping arithmetic.
     in_flight: AtomicU64,
@@ -139,8 +161,13 @@ pub struct Stats {
     pub dead_letter_events: u64,
     /// Dead letters a sink failed to take (it returned an error or panicked).
     pub dead_letter_failures: u64,
-    /// Calls rejected by an open breaker or an overloaded limit.
+    /// Calls rejected by an open breaker or an overloaded limit (`rejected_circuit_open` +
+    /// `rejected_overloaded`).
     pub rejected: u64,
+    /// Calls rejected by an open (or half-open and full) breaker.
+    pub rejected_circuit_open: u64,
+    /// Calls rejected for lack of capacity (a limit in reject mode, a wait that ran out, a full queue).
+    pub rejected_overloaded: u64,
     /// Attempts that ran past their timeout.
     pub timeouts: u64,
     /// Events being processed now.
@@ -191,6 +218,8 @@ impl Stats {
         self.dead_letter_events += other.dead_letter_events;
         self.dead_letter_failures += other.dead_letter_failures;
         self.rejected += other.rejected;
+        self.rejected_circuit_open += other.rejected_circuit_open;
+        self.rejected_overloaded += other.rejected_overloaded;
         self.timeouts += other.timeouts;
         self.in_flight += other.in_flight;
         self.circuit_breakers += other.circuit_breakers;
@@ -257,6 +286,8 @@ impl ListenerMetrics {
             attempt_window: SlidingWindow::sharded(health_window, clock::now()),
             attempt_latency: LatencyHistogram::new(),
             event_latency: LatencyHistogram::new(),
+            transitions: Default::default(),
+            dead_letters_by_reason: Default::default(),
         }
     }
 
@@ -277,6 +308,8 @@ impl ListenerMetrics {
         let events_succeeded = self.sum(|c| &c.events_succeeded);
         let events_failed = self.sum(|c| &c.events_failed);
         let attempt_failures = self.sum(|c| &c.attempt_failures);
+        let rejected_circuit_open = self.sum(|c| &c.rejected_circuit_open);
+        let rejected_overloaded = self.sum(|c| &c.rejected_overloaded);
         Stats {
             registered_listeners: 1,
             active_listeners: 0,
@@ -289,7 +322,9 @@ impl ListenerMetrics {
             attempt_failures,
             dead_letter_events: self.sum(|c| &c.dead_letter_events),
             dead_letter_failures: self.sum(|c| &c.dead_letter_failures),
-            rejected: self.sum(|c| &c.rejected),
+            rejected: rejected_circuit_open + rejected_overloaded,
+            rejected_circuit_open,
+            rejected_overloaded,
             timeouts: self.sum(|c| &c.timeouts),
             in_flight: (self.sum(|c| &c.in_flight) as i64).max(0) as u64,
             circuit_breakers: u64::from(state.is_open()),
@@ -305,6 +340,18 @@ impl ListenerMetrics {
             event_latency: self.event_latency.summary(),
             attempt_latency: self.attempt_latency.summary(),
         }
+    }
+
+    /// Event latencies in coarse buckets (nanosecond upper bounds), for an exporter.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn event_latency_coarse(&self, bounds: &[u64]) -> histogram::Coarse {
+        self.event_latency.coarse(bounds)
+    }
+
+    /// Attempt latencies in coarse buckets (nanosecond upper bounds), for an exporter.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn attempt_latency_coarse(&self, bounds: &[u64]) -> histogram::Coarse {
+        self.attempt_latency.coarse(bounds)
     }
 
     /// Attempt outcomes inside the health window ending now.
@@ -461,14 +508,50 @@ impl ListenerMetrics {
         self.mine().events_retried.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn rejected(&self) {
-        self.mine().rejected.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn rejected(&self, cause: Rejection) {
+        let counts = self.mine();
+        let counter = match cause {
+            Rejection::CircuitOpen => &counts.rejected_circuit_open,
+            Rejection::Overloaded => &counts.rejected_overloaded,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn dead_lettered(&self) {
+    /// A sink took a letter (rare: one atomic in the shard, one in the per-reason count).
+    pub(crate) fn dead_lettered(&self, reason: crate::DeadLetterReason) {
         self.mine()
             .dead_letter_events
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.dead_letters_by_reason.get(reason_index(reason)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Dead letters taken by a sink, by reason (in the order of [`DeadLetterReason::ALL`](crate::DeadLetterReason::ALL)).
+    pub fn dead_letters_by_reason(&self) -> Vec<(crate::DeadLetterReason, u64)> {
+        crate::DeadLetterReason::ALL
+            .iter()
+            .zip(self.dead_letters_by_reason.iter())
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Breaker transitions counted so far, by `(from, to)` (only the pairs that happened).
+    pub fn circuit_transitions(&self) -> Vec<(CircuitState, CircuitState, u64)> {
+        let mut transitions = Vec::new();
+        for (from, row) in self.transitions.iter().enumerate() {
+            for (to, count) in row.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    transitions.push((
+                        CircuitState::from_u8(from as u8),
+                        CircuitState::from_u8(to as u8),
+                        count,
+                    ));
+                }
+            }
+        }
+        transitions
     }
 
     pub(crate) fn dead_letter_failed(&self) {
@@ -483,8 +566,9 @@ impl ListenerMetrics {
     }
 
     /// Records a breaker transition; opening counts as a trip.
-    pub(crate) fn circuit_changed(&self, to: CircuitState) {
+    pub(crate) fn circuit_changed(&self, from: CircuitState, to: CircuitState) {
         self.circuit_state.store(to as u8, Ordering::Relaxed);
+        self.transitions[from as usize][to as usize].fetch_add(1, Ordering::Relaxed);
         if to == CircuitState::Open || to == CircuitState::ForcedOpen {
             self.mine().circuit_trips.fetch_add(1, Ordering::Relaxed);
         }
