@@ -1,11 +1,16 @@
 //! Per-call overhead of each layer and of the full stack, against a bare no-op service, plain tower and
-//! tower-resilience, all in the same run. `cargo bench --bench overhead`.
+//! tower-resilience, all in the same run; then the peers like for like, and the manager under a tracing
+//! subscriber. `cargo bench --bench overhead` (add `--features prometheus` for the scraped-manager rows).
+//!
+//! Criterion measures each case one after another; the tables printed after it measure every case of a
+//! table in interleaved rounds (each round runs every case once), so that the machine's drift hits every
+//! row alike, and they are the figures to quote.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{drive, event, noop, ns_per_call, runtime, stacks, Table};
+use common::{drive, event, interleaved, noop, paired, runtime, stacks, Case, Table};
 use criterion::Criterion;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service};
@@ -15,10 +20,12 @@ use tower_listener::{
     ManagerConfig, MetricsLayer, RetryLayer, RetryPolicy, TimeoutLayer,
 };
 
-type Case = Box<dyn FnMut(u64) -> Duration>;
+/// Rounds of each interleaved table, and calls per case per round.
+const ROUNDS: usize = 21;
+const ITERS: u64 = 100_000;
 
 /// A case that drives `svc` on `rt`.
-fn case<S>(rt: &'static Runtime, mut svc: S) -> Case
+fn case<S>(rt: &'static Runtime, mut svc: S) -> Case<'static>
 where
     S: Service<Event> + 'static,
     S::Error: std::fmt::Debug,
@@ -27,7 +34,44 @@ where
     Box::new(move |iters| rt.block_on(drive(&mut svc, &ev, iters)))
 }
 
-fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
+/// A started manager with one no-op listener configured by `config`, and a case that runs events
+/// through it.
+fn manager_case(
+    rt: &'static Runtime,
+    name: &str,
+    config: ListenerConfig,
+) -> (ListenerManager, Case<'static>) {
+    let manager = ListenerManager::new(ManagerConfig::named(name)).unwrap();
+    manager
+        .register(tower_listener::Listener::new("bench", noop()), config)
+        .unwrap();
+    rt.block_on(manager.start()).unwrap();
+    let ev = event();
+    let running = manager.clone();
+    let case: Case = Box::new(move |iters| {
+        rt.block_on(async {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                let _ = std::hint::black_box(running.process("bench", ev.clone()).await);
+            }
+            start.elapsed()
+        })
+    });
+    (manager, case)
+}
+
+/// A breaker in rate mode: it opens on the failure ratio of its window instead of a count.
+fn rate_mode() -> CircuitConfig {
+    CircuitConfig {
+        failure_rate_threshold: Some(0.5),
+        ..Default::default()
+    }
+}
+
+type Row = (&'static str, &'static str, Case<'static>);
+
+/// The headline table: each layer alone, the full stack by hand and through the manager, the peers.
+fn per_layer(rt: &'static Runtime) -> Vec<Row> {
     let breaker = |config: CircuitConfig| CircuitBreakerLayer::new(config).unwrap();
     let open = breaker(CircuitConfig::default());
     open.handle().force_open();
@@ -47,9 +91,9 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let limit = |mode| ConcurrencyLimitLayer::new(ConcurrencyConfig::new(10, mode)).unwrap();
+    let (_, through_manager) = manager_case(rt, "bench", ListenerConfig::default());
 
-    let (_, through_manager) = manager_case(rt, "bench");
-    vec![
+    let mut rows: Vec<Row> = vec![
         ("bare no-op service", "the baseline", case(rt, noop())),
         (
             "breaker, closed",
@@ -80,14 +124,6 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
             "limit, Wait, uncontended",
             "",
             case(rt, limit(LimitMode::Wait).layer(noop())),
-        ),
-        (
-            "limit, WaitFor, uncontended",
-            "",
-            case(
-                rt,
-                limit(LimitMode::WaitFor(Duration::from_secs(1))).layer(noop()),
-            ),
         ),
         (
             "limit, Reject, uncontended",
@@ -136,47 +172,120 @@ fn cases(rt: &'static Runtime) -> Vec<(&'static str, &'static str, Case)> {
             "ours: the manager",
             through_manager,
         ),
-        #[cfg(feature = "prometheus")]
-        (
-            "full stack, manager.process, scraped",
-            "ours: the manager, its metrics encoded every 10 ms on the other core",
-            scraped::case(rt),
-        ),
+    ];
+    #[cfg(feature = "prometheus")]
+    rows.push((
+        "full stack, manager.process, scraped",
+        "ours: the manager, its metrics encoded every 10 ms on the other core",
+        scraped::case(rt),
+    ));
+    rows.extend([
         (
             "plain tower stack",
-            "tower retry + limit + timeout + histogram",
+            "tower retry + limit + timeout + sharded histogram",
             case(rt, stacks::plain_tower()),
         ),
         (
+            "plain tower stack, both latencies",
+            "the same, recording event and attempt latency as ours does",
+            case(rt, stacks::plain_tower_both_latencies()),
+        ),
+        (
             "tower-resilience stack",
-            "breaker + bulkhead + retry + time limiter + histogram",
+            "breaker + bulkhead + retry + time limiter + mutex histogram",
+            case(rt, stacks::tower_resilience()),
+        ),
+    ]);
+    rows
+}
+
+/// The peers like for like: every stack records its latency in the same kind of sharded histogram; the
+/// peers as their users write them next to it.
+fn like_for_like(rt: &'static Runtime) -> Vec<Row> {
+    let (_, manager) = manager_case(rt, "like-count", ListenerConfig::default());
+    let (_, manager_rate) = manager_case(
+        rt,
+        "like-rate",
+        ListenerConfig {
+            circuit: rate_mode(),
+            ..Default::default()
+        },
+    );
+    vec![
+        ("bare no-op service", "the baseline", case(rt, noop())),
+        (
+            "ours, manager.process",
+            "count-mode breaker (the default)",
+            manager,
+        ),
+        (
+            "ours, manager.process, rate mode",
+            "breaker on the failure ratio of its window",
+            manager_rate,
+        ),
+        (
+            "ours, by hand",
+            "count-mode breaker",
+            case(rt, stacks::ours()),
+        ),
+        (
+            "ours, by hand, rate mode",
+            "",
+            case(rt, stacks::ours_with(rate_mode())),
+        ),
+        (
+            "plain tower, sharded histogram",
+            "retry + limit + timeout; no breaker, no dead letters",
+            case(rt, stacks::plain_tower()),
+        ),
+        (
+            "plain tower, mutex histogram",
+            "as its users write it",
+            case(rt, stacks::plain_tower_mutex()),
+        ),
+        (
+            "tower-resilience, sharded histogram",
+            "named breaker, count-based window of 100",
+            case(rt, stacks::tower_resilience_sharded()),
+        ),
+        (
+            "tower-resilience, mutex histogram",
+            "its defaults",
             case(rt, stacks::tower_resilience()),
         ),
     ]
 }
 
-/// A started manager with one no-op listener, and a case that runs events through it.
-fn manager_case(rt: &'static Runtime, name: &str) -> (ListenerManager, Case) {
-    let manager = ListenerManager::new(ManagerConfig::named(name)).unwrap();
-    manager
-        .register(
-            tower_listener::Listener::new("bench", noop()),
-            ListenerConfig::default(),
-        )
-        .unwrap();
-    rt.block_on(manager.start()).unwrap();
-    let ev = event();
-    let running = manager.clone();
-    let case: Case = Box::new(move |iters| {
-        rt.block_on(async {
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                let _ = std::hint::black_box(running.process("bench", ev.clone()).await);
-            }
-            start.elapsed()
-        })
-    });
-    (manager, case)
+/// The manager under a `tracing_subscriber::fmt` subscriber (writing to nowhere), scoped to the case.
+fn traced(rt: &'static Runtime) -> Vec<Row> {
+    use tracing::level_filters::LevelFilter;
+
+    let under = |level: LevelFilter, mut run: Case<'static>| -> Case<'static> {
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_writer(std::io::sink)
+                .finish(),
+        );
+        Box::new(move |iters| tracing::dispatcher::with_default(&dispatch, || run(iters)))
+    };
+    let (_, plain) = manager_case(rt, "traced-none", ListenerConfig::default());
+    let (_, info) = manager_case(rt, "traced-info", ListenerConfig::default());
+    let (_, debug) = manager_case(rt, "traced-debug", ListenerConfig::default());
+    vec![
+        ("bare no-op service", "the baseline", case(rt, noop())),
+        ("manager.process, no subscriber", "", plain),
+        (
+            "manager.process, subscriber at INFO",
+            "the common setting (and fmt's default)",
+            under(LevelFilter::INFO, info),
+        ),
+        (
+            "manager.process, subscriber at DEBUG",
+            "the event span is recorded",
+            under(LevelFilter::DEBUG, debug),
+        ),
+    ]
 }
 
 /// The manager with Prometheus export: a `ManagerCollector` whose registry a thread encodes every 10 ms
@@ -190,6 +299,7 @@ mod scraped {
     use prometheus_client::registry::Registry;
     use tokio::runtime::Runtime;
     use tower_listener::prometheus::ManagerCollector;
+    use tower_listener::ListenerConfig;
 
     use super::{manager_case, Case};
 
@@ -197,8 +307,8 @@ mod scraped {
     pub static SCRAPES: AtomicU64 = AtomicU64::new(0);
     pub static SCRAPE_NANOS: AtomicU64 = AtomicU64::new(0);
 
-    pub fn case(rt: &'static Runtime) -> Case {
-        let (manager, mut run) = manager_case(rt, "bench-scraped");
+    pub fn case(rt: &'static Runtime) -> Case<'static> {
+        let (manager, mut run) = manager_case(rt, "bench-scraped", ListenerConfig::default());
         let mut registry = Registry::default();
         ManagerCollector::register(&mut registry, manager);
         let active = Arc::new(AtomicBool::new(false));
@@ -223,74 +333,166 @@ mod scraped {
     }
 }
 
+/// Measures `rows` interleaved and prints them as a table; returns each row's samples.
+fn measure(title: &str, rows: &mut [Row]) -> Vec<Vec<f64>> {
+    let mut cases: Vec<&mut Case> = rows.iter_mut().map(|(_, _, c)| c).collect();
+    let samples = interleaved(ROUNDS, ITERS, &mut cases);
+    let mut table = Table::new(title);
+    for ((name, note, _), samples) in rows.iter().zip(&samples) {
+        table.measured(name, samples.clone(), note);
+    }
+    table.print();
+    samples
+}
+
+/// Prints round-by-round ratios between rows of one table: `(label, numerator, denominator)`.
+fn ratios(rows: &[Row], samples: &[Vec<f64>], pairs: &[(&str, &str, &str)]) {
+    let at = |name: &str| rows.iter().position(|(n, _, _)| *n == name).unwrap();
+    for (label, over, under) in pairs {
+        let (median, lo, hi) = paired(&samples[at(under)], &samples[at(over)]);
+        println!("  {label}: {median:.2}x (rounds {lo:.2}x to {hi:.2}x)");
+    }
+}
+
 fn main() {
     let rt: &'static Runtime = Box::leak(Box::new(runtime()));
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
-    let mut all = cases(rt);
+    let mut rows = per_layer(rt);
     let mut group = criterion.benchmark_group("overhead");
-    for (name, _, run) in all.iter_mut() {
+    for (name, _, run) in rows.iter_mut() {
         group.bench_function(*name, |b| b.iter_custom(&mut **run));
     }
     group.finish();
     criterion.final_summary();
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --benches`: the cases ran once each
+    }
 
-    // The ratio table, from one more pass over every case in this same process.
-    if std::env::args().any(|a| a == "--bench") {
-        let mut table = Table::new("Per-call overhead, current-thread runtime");
-        for (name, note, run) in all.iter_mut() {
-            let ns = ns_per_call(9, 200_000, &mut **run);
-            table.row(name, ns, note);
-        }
-        table.print();
-        #[cfg(feature = "prometheus")]
-        scrape_comparison(rt, &mut all);
+    // OVERHEAD_TABLES=per-layer,like,tracing (the default: all three) picks the tables.
+    let tables = std::env::var("OVERHEAD_TABLES").unwrap_or_default();
+    let wanted = |table: &str| tables.is_empty() || tables.split(',').any(|t| t.trim() == table);
+    if wanted("per-layer") {
+        per_layer_table(&mut rows);
+    }
+    if wanted("like") {
+        like_for_like_table(rt);
+    }
+    if wanted("tracing") {
+        tracing_table(rt);
     }
 }
 
-/// The manager with and without a scrape every 10 ms, interleaved round by round so that drift of the
-/// machine hits both alike, next to the same comparison between two unscraped managers (the noise).
-#[cfg(feature = "prometheus")]
-fn scrape_comparison(rt: &'static Runtime, all: &mut [(&'static str, &'static str, Case)]) {
-    use std::sync::atomic::Ordering;
-
-    let position = |name: &str| all.iter().position(|(n, _, _)| *n == name).unwrap();
-    let (plain, scraped) = (
-        position("full stack, manager.process"),
-        position("full stack, manager.process, scraped"),
+fn per_layer_table(rows: &mut [Row]) {
+    let samples = measure("Per-call overhead, current-thread runtime", rows);
+    println!("\nRatios within each round (median, and the range over the rounds):");
+    ratios(
+        rows,
+        &samples,
+        &[
+            (
+                "manager.process / the same layers by hand",
+                "full stack, manager.process",
+                "full stack, by hand",
+            ),
+            (
+                "manager.process / plain tower (sharded histogram)",
+                "full stack, manager.process",
+                "plain tower stack",
+            ),
+            (
+                "manager.process / plain tower recording both latencies",
+                "full stack, manager.process",
+                "plain tower stack, both latencies",
+            ),
+            (
+                "manager.process / tower-resilience",
+                "full stack, manager.process",
+                "tower-resilience stack",
+            ),
+            (
+                "by hand / tower-resilience",
+                "full stack, by hand",
+                "tower-resilience stack",
+            ),
+        ],
     );
-    let (_, mut twin) = manager_case(rt, "bench-twin");
-    let before = scraped::SCRAPES.load(Ordering::Relaxed);
-    let nanos_before = scraped::SCRAPE_NANOS.load(Ordering::Relaxed);
-    let (mut noise, mut scrape) = (Vec::new(), Vec::new());
-    for _ in 0..15 {
-        let a = (all[plain].2)(200_000).as_nanos() as f64;
-        let b = (all[scraped].2)(200_000).as_nanos() as f64;
-        let c = twin(200_000).as_nanos() as f64;
-        scrape.push(b / a);
-        noise.push(c / a);
-    }
-    let scrapes = scraped::SCRAPES.load(Ordering::Relaxed) - before;
-    let nanos = scraped::SCRAPE_NANOS.load(Ordering::Relaxed) - nanos_before;
-    println!(
-        "\nmanager.process, 15 interleaved rounds of 200,000 events ({scrapes} scrapes of {:.0} µs each):",
-        nanos as f64 / scrapes.max(1) as f64 / 1e3
-    );
-    for (what, ratios) in [
-        ("scraped every 10 ms / not scraped", &mut scrape),
-        (
-            "another unscraped manager / not scraped (noise)",
-            &mut noise,
-        ),
-    ] {
-        ratios.sort_by(|a, b| a.total_cmp(b));
+    #[cfg(feature = "prometheus")]
+    {
+        use std::sync::atomic::Ordering;
+        let scrapes = scraped::SCRAPES.load(Ordering::Relaxed);
+        let nanos = scraped::SCRAPE_NANOS.load(Ordering::Relaxed);
         println!(
-            "  {what}: median {:.3}x, range {:.3}x to {:.3}x",
-            ratios[ratios.len() / 2],
-            ratios[0],
-            ratios[ratios.len() - 1],
+            "  ({scrapes} scrapes so far, {:.0} µs each)",
+            nanos as f64 / scrapes.max(1) as f64 / 1e3
+        );
+        ratios(
+            rows,
+            &samples,
+            &[(
+                "manager scraped every 10 ms / not scraped",
+                "full stack, manager.process, scraped",
+                "full stack, manager.process",
+            )],
         );
     }
+
+}
+
+fn like_for_like_table(rt: &'static Runtime) {
+    let mut rows = like_for_like(rt);
+    let samples = measure(
+        "Like for like: every stack with the same sharded histogram",
+        &mut rows,
+    );
+    println!("\nRatios within each round:");
+    ratios(
+        &rows,
+        &samples,
+        &[
+            (
+                "ours, manager.process / tower-resilience, sharded histogram",
+                "ours, manager.process",
+                "tower-resilience, sharded histogram",
+            ),
+            (
+                "ours, manager.process, rate mode / tower-resilience, sharded histogram",
+                "ours, manager.process, rate mode",
+                "tower-resilience, sharded histogram",
+            ),
+            (
+                "ours, by hand / plain tower, sharded histogram",
+                "ours, by hand",
+                "plain tower, sharded histogram",
+            ),
+        ],
+    );
+
+}
+
+fn tracing_table(rt: &'static Runtime) {
+    let mut rows = traced(rt);
+    let samples = measure(
+        "The manager under a tracing subscriber (fmt, to a sink)",
+        &mut rows,
+    );
+    println!("\nRatios within each round:");
+    ratios(
+        &rows,
+        &samples,
+        &[
+            (
+                "subscriber at INFO / no subscriber",
+                "manager.process, subscriber at INFO",
+                "manager.process, no subscriber",
+            ),
+            (
+                "subscriber at DEBUG / no subscriber",
+                "manager.process, subscriber at DEBUG",
+                "manager.process, no subscriber",
+            ),
+        ],
+    );
 }

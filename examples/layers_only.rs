@@ -67,8 +67,8 @@ async fn main() -> Result<(), Error> {
         )?)
         .layer(breaker)
         .layer(ConcurrencyLimitLayer::new(8)?.with_metrics(metrics.clone()))
-        .layer(TimeoutLayer::new(Duration::from_millis(50))?.with_metrics(metrics.clone()))
-        .layer(MetricsLayer::per_attempt(metrics.clone()))
+        .layer(MetricsLayer::per_attempt(metrics.clone())) // counts the timeouts too
+        .layer(TimeoutLayer::new(Duration::from_millis(50))?)
         .layer(CatchPanicLayer)
         .service(inventory);
 

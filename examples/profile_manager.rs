@@ -13,14 +13,18 @@
 //!
 //! (Both profiles write to `target/release`.)
 //!
-//! Arguments: the number of events (default 3,000,000), and `wait` to give the listener a handler that
-//! waits once per event instead of one that succeeds at once.
+//! Arguments: the number of events (default 3,000,000), then a mode: `wait` gives the listener a handler
+//! that waits once per event instead of one that succeeds at once; `hand` runs the same layers assembled
+//! by hand and `tower` the plain tower stack of the benches (with its sharded histogram), for comparison.
 
 use std::future::ready;
 use std::time::Instant;
 
-use tower::Service;
+use tower::{Service, ServiceExt};
 use tower_listener::{Error, Event, Listener, ListenerConfig, ListenerManager, ManagerConfig};
+
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -28,12 +32,17 @@ fn main() {
         .next()
         .map(|n| n.parse().expect("the number of events"))
         .unwrap_or(3_000_000);
-    let waits = args.next().is_some_and(|mode| mode == "wait");
+    let mode = args.next().unwrap_or_default();
+    let waits = mode == "wait";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let per_event = if waits {
+    let per_event = if mode == "hand" {
+        runtime.block_on(drive(events, common::stacks::ours()))
+    } else if mode == "tower" {
+        runtime.block_on(drive(events, common::stacks::plain_tower()))
+    } else if waits {
         runtime.block_on(process(
             events,
             tower::service_fn(|_: Event| async {
@@ -62,9 +71,28 @@ where
         .expect("registered");
     manager.start().await.expect("started");
     let event = Event::new("profile-1", "profile.event", serde_json::json!({ "n": 1 }));
+    if std::env::var_os("PROFILE_SIZES").is_some() {
+        let future = manager.process("profile", event.clone());
+        println!("process future: {} bytes", std::mem::size_of_val(&future));
+    }
     let started = Instant::now();
     for _ in 0..events {
         let _ = std::hint::black_box(manager.process("profile", event.clone()).await);
+    }
+    started.elapsed().as_nanos() as f64 / events as f64
+}
+
+/// Drives `stack` directly (ready, then call) `events` times; returns the nanoseconds per event.
+async fn drive<S>(events: u64, mut stack: S) -> f64
+where
+    S: Service<Event>,
+    S::Error: std::fmt::Debug,
+{
+    let event = Event::new("profile-1", "profile.event", serde_json::json!({ "n": 1 }));
+    let started = Instant::now();
+    for _ in 0..events {
+        let ready = stack.ready().await.expect("ready");
+        let _ = std::hint::black_box(ready.call(event.clone()).await);
     }
     started.elapsed().as_nanos() as f64 / events as f64
 }

@@ -11,6 +11,10 @@
 use std::cell::Cell;
 use std::time::SystemTime;
 
+use crate::metrics::{
+    clear_finished_attempt, record_attempt, take_unrecorded_attempt, ListenerMetrics,
+};
+
 /// Why the retry layer stopped retrying a failed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RetryStop {
@@ -51,22 +55,28 @@ pub(crate) fn take() -> Option<AttemptRecord> {
 }
 
 pin_project_lite::pin_project! {
-    /// A future that also returns the record a retry layer inside it handed over as it gave up (none when
-    /// it succeeded, or there is no retry layer): clears stale records before each poll and takes the
-    /// record on the poll that completes, as the dead-letter future does.
-    pub(crate) struct WithAttempts<F> {
+    /// A manager's stack future run without a per-event step around it (redrive, a source's delivery):
+    /// returns also the record a retry layer inside it handed over as it gave up (none when it succeeded,
+    /// or there is no retry layer), clearing stale records before each poll and taking the record on the
+    /// poll that completes, as the dead-letter future does; and records the stack's last attempt in
+    /// `metrics`, which a per-event step would have recorded.
+    pub(crate) struct WithAttempts<'a, F> {
         #[pin]
         inner: F,
+        metrics: &'a ListenerMetrics,
     }
 }
 
-impl<F> WithAttempts<F> {
-    pub(crate) fn new(inner: F) -> Self {
-        WithAttempts { inner }
+impl<'a, F> WithAttempts<'a, F> {
+    pub(crate) fn new(inner: F, metrics: &'a ListenerMetrics) -> Self {
+        WithAttempts { inner, metrics }
     }
 }
 
-impl<F: std::future::Future> std::future::Future for WithAttempts<F> {
+impl<F, T> std::future::Future for WithAttempts<'_, F>
+where
+    F: std::future::Future<Output = Result<T, crate::Error>>,
+{
     type Output = (F::Output, Option<AttemptRecord>);
 
     fn poll(
@@ -74,7 +84,12 @@ impl<F: std::future::Future> std::future::Future for WithAttempts<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         take(); // stale: not from this poll
-        let output = std::task::ready!(self.project().inner.poll(cx));
+        clear_finished_attempt();
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let Some(finished) = take_unrecorded_attempt() {
+            record_attempt(this.metrics, finished);
+        }
         std::task::Poll::Ready((output, take()))
     }
 }

@@ -90,12 +90,8 @@ async fn the_full_layer_stack_allocates_nothing_per_event() {
                 .unwrap()
                 .with_metrics(metrics.clone()),
         )
-        .layer(
-            TimeoutLayer::new(Duration::from_secs(30))
-                .unwrap()
-                .with_metrics(metrics.clone()),
-        )
         .layer(MetricsLayer::per_attempt(metrics.clone()))
+        .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap())
         .layer(CatchPanicLayer)
         .service(noop());
     assert_eq!(per_call(&mut svc, 10_000).await, 0.0);

@@ -57,12 +57,8 @@ async fn counts_match_a_scripted_sequence_exactly() {
                 .unwrap()
                 .with_metrics(metrics.clone()),
         )
-        .layer(
-            TimeoutLayer::new(Duration::from_millis(50))
-                .unwrap()
-                .with_metrics(metrics.clone()),
-        )
         .layer(MetricsLayer::per_attempt(metrics.clone()))
+        .layer(TimeoutLayer::new(Duration::from_millis(50)).unwrap())
         .layer(CatchPanicLayer)
         .service(inner);
 

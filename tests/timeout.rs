@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::{handler, Call};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_listener::{Error, ListenerMetrics, TimeoutLayer};
+use tower_listener::{Error, ListenerMetrics, MetricsLayer, TimeoutLayer};
 
 #[tokio::test(start_paused = true)]
 async fn an_attempt_past_the_limit_fails_with_timeout_and_its_future_is_dropped() {
@@ -49,15 +49,12 @@ async fn an_attempt_inside_the_limit_is_untouched() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_timeout_is_reported_to_the_metrics() {
+async fn a_per_attempt_metrics_layer_counts_the_timeouts_inside_it() {
     let metrics = Arc::new(ListenerMetrics::new("t"));
     let (inner, _) = handler();
     let svc = ServiceBuilder::new()
-        .layer(
-            TimeoutLayer::new(Duration::from_millis(10))
-                .unwrap()
-                .with_metrics(metrics.clone()),
-        )
+        .layer(MetricsLayer::per_attempt(metrics.clone()))
+        .layer(TimeoutLayer::new(Duration::from_millis(10)).unwrap())
         .service(inner);
     let _ = svc.oneshot(Call::Hang).await;
     let stats = metrics.snapshot();
@@ -66,6 +63,8 @@ async fn a_timeout_is_reported_to_the_metrics() {
         (1, 1, 1)
     );
     assert_eq!(metrics.windowed_attempts().failed, 1);
+    // The timed-out attempt's latency is the time it ran: its limit.
+    assert!(stats.attempt_latency.max >= Duration::from_millis(10));
 }
 
 #[test]

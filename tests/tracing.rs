@@ -1,6 +1,6 @@
-//! Tracing: one span per event with `listener`, `event.id` and `event.type`; attempts, retries and
-//! dead letters as events inside it, and the handler's own events too; breaker transitions as events; all
-//! with stable field names. Checked with a capturing subscriber.
+//! Tracing: one span per event (at DEBUG) with `listener`, `event.id` and `event.type`; attempts, retries
+//! and dead letters as events inside it, and the handler's own events too; breaker transitions as events;
+//! all with stable field names. Checked with a capturing subscriber.
 
 mod support;
 
@@ -16,6 +16,7 @@ use tower_listener::{
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::Subscriber;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -78,8 +79,13 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
 
 /// Runs `body` on a paused current-thread runtime with a capturing subscriber; returns what it captured.
 fn captured(body: impl std::future::Future<Output = ()>) -> Capture {
+    captured_at(LevelFilter::TRACE, body)
+}
+
+/// [`captured`], with the subscriber capturing at `level` and above.
+fn captured_at(level: LevelFilter, body: impl std::future::Future<Output = ()>) -> Capture {
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let subscriber = tracing_subscriber::registry().with(capture.clone().with_filter(level));
     tracing::subscriber::with_default(subscriber, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -161,6 +167,7 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
     assert_eq!(dead[0].fields["reason"], "exhausted");
     assert_eq!(dead[0].fields["attempts"], "3");
     assert_eq!(dead[0].fields["error"], "handler");
+    assert_eq!(dead[0].fields["event.id"], "e1");
 
     let transitions = of("tower_listener::circuit");
     assert_eq!(transitions.len(), 1, "{transitions:?}");
@@ -172,6 +179,42 @@ fn an_event_has_its_span_and_the_layers_report_inside_it_with_stable_fields() {
         ),
         ("closed", "open")
     );
+}
+
+#[test]
+fn at_info_there_is_no_event_span_and_a_dead_letter_still_names_its_event() {
+    let capture = captured_at(LevelFilter::INFO, async {
+        let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+        let (orders, _) = scripted("orders");
+        m.register(
+            orders,
+            ListenerConfig {
+                retry_policy: RetryPolicy::never(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.start().await.unwrap();
+        m.process("orders", event("e2", "ok", 0)).await.unwrap();
+        let _ = m.process("orders", event("e3", "fail", 0)).await;
+        m.stop(Duration::from_secs(1)).await.unwrap();
+    });
+
+    // The per-event span is at DEBUG: a service logging at INFO pays nothing for it.
+    assert!(capture
+        .spans
+        .lock()
+        .unwrap()
+        .values()
+        .all(|(name, _)| name != "event"));
+    let events = capture.events.lock().unwrap();
+    let dead: Vec<_> = events
+        .iter()
+        .filter(|e| e.target == "tower_listener::dead_letter")
+        .collect();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].fields["event.id"], "e3");
+    assert_eq!(dead[0].fields["listener"], "orders");
 }
 
 #[test]

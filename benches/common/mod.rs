@@ -53,10 +53,50 @@ pub fn ns_per_call(rounds: usize, iters: u64, mut round: impl FnMut(u64) -> Dura
     samples[samples.len() / 2]
 }
 
+/// A case of a table: runs `iters` calls and returns the time they took.
+pub type Case<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// Measures `cases` round-robin: each round runs every case once for `iters` calls (starting from a
+/// different case each round), so that the machine's drift hits every case alike. Returns, per case, its
+/// nanoseconds per call in each round (round order).
+pub fn interleaved(rounds: usize, iters: u64, cases: &mut [&mut Case<'_>]) -> Vec<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(rounds); cases.len()];
+    for case in cases.iter_mut() {
+        case(iters / 10); // warm up
+    }
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (round + k) % cases.len();
+            samples[i].push(cases[i](iters).as_nanos() as f64 / iters as f64);
+        }
+    }
+    samples
+}
+
+/// The median, 25th and 75th percentiles of `samples`.
+pub fn quartiles(samples: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.25), at(0.75))
+}
+
+/// Round by round, `b / a` (both measured in the same rounds): the median ratio and its range.
+pub fn paired(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+    ratios.sort_by(|x, y| x.total_cmp(y));
+    (
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    )
+}
+
 /// A table of results with their ratio to the first row (the baseline).
 pub struct Table {
     title: String,
-    rows: Vec<(String, f64, String)>,
+    /// Name, samples (ns per call), note.
+    rows: Vec<(String, Vec<f64>, String)>,
 }
 
 impl Table {
@@ -69,19 +109,41 @@ impl Table {
 
     /// Adds a row of `ns` nanoseconds per call, with a note.
     pub fn row(&mut self, name: &str, ns: f64, note: &str) {
-        self.rows.push((name.to_owned(), ns, note.to_owned()));
+        self.rows.push((name.to_owned(), vec![ns], note.to_owned()));
+    }
+
+    /// Adds a row measured in rounds: its median, with the quartiles as its spread.
+    pub fn measured(&mut self, name: &str, samples: Vec<f64>, note: &str) {
+        self.rows.push((name.to_owned(), samples, note.to_owned()));
     }
 
     pub fn print(&self) {
         let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
-        println!(
-            "\n{} ({} cores; median of rounds; ratio to the first row)",
-            self.title, machine
-        );
-        println!("| case | ns/call | ratio | note |\n|---|---:|---:|---|");
-        let base = self.rows.first().map_or(1.0, |r| r.1);
-        for (name, ns, note) in &self.rows {
-            println!("| {name} | {ns:.1} | {:.2}x | {note} |", ns / base);
+        let rounds = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        if rounds > 1 {
+            println!(
+                "\n{} ({machine} cores; median of {rounds} interleaved rounds, p25–p75; ratio of medians to the first row)",
+                self.title
+            );
+            println!("| case | ns/call | p25–p75 | ratio | note |\n|---|---:|---:|---:|---|");
+        } else {
+            println!(
+                "\n{} ({machine} cores; median of rounds; ratio to the first row)",
+                self.title
+            );
+            println!("| case | ns/call | ratio | note |\n|---|---:|---:|---|");
+        }
+        let base = self.rows.first().map_or(1.0, |r| quartiles(&r.1).0);
+        for (name, samples, note) in &self.rows {
+            let (median, p25, p75) = quartiles(samples);
+            if rounds > 1 {
+                println!(
+                    "| {name} | {median:.1} | {p25:.1}–{p75:.1} | {:.2}x | {note} |",
+                    median / base
+                );
+            } else {
+                println!("| {name} | {median:.1} | {:.2}x | {note} |", median / base);
+            }
         }
     }
 }
@@ -92,6 +154,7 @@ pub mod stacks {
 
     use std::future::Future;
     use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
@@ -117,6 +180,21 @@ pub mod stacks {
            + Send
            + Sync
            + 'static {
+        ours_with(CircuitConfig::default())
+    }
+
+    /// [`ours`] with the breaker configured by `circuit`.
+    pub fn ours_with(
+        circuit: CircuitConfig,
+    ) -> impl Service<
+        Event,
+        Response = (),
+        Error = Error,
+        Future = impl Future<Output = Result<(), Error>> + Send,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
         let metrics = Arc::new(ListenerMetrics::new("bench"));
         ServiceBuilder::new()
             .layer(MetricsLayer::per_event(metrics.clone()))
@@ -128,21 +206,14 @@ pub mod stacks {
                 .unwrap(),
             )
             .layer(RetryLayer::with_metrics(RetryPolicy::default(), metrics.clone()).unwrap())
-            .layer(
-                CircuitBreakerLayer::with_metrics(CircuitConfig::default(), metrics.clone())
-                    .unwrap(),
-            )
+            .layer(CircuitBreakerLayer::with_metrics(circuit, metrics.clone()).unwrap())
             .layer(
                 ConcurrencyLimitLayer::new(10)
                     .unwrap()
                     .with_metrics(metrics.clone()),
             )
-            .layer(
-                TimeoutLayer::new(Duration::from_secs(30))
-                    .unwrap()
-                    .with_metrics(metrics.clone()),
-            )
             .layer(MetricsLayer::per_attempt(metrics))
+            .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap())
             .layer(CatchPanicLayer)
             .service(noop())
     }
@@ -229,6 +300,92 @@ pub mod stacks {
         }
     }
 
+    /// A latency layer as ours records: a histogram of atomic buckets (two significant digits, the
+    /// layout of ours), one shard per thread, recorded with one relaxed add and no lock. For the
+    /// like-for-like rows, so that the peers' histogram costs what ours does.
+    #[derive(Clone)]
+    pub struct ShardedHistogramLayer(Arc<[Shard]>);
+
+    #[repr(align(128))]
+    pub struct Shard(Box<[AtomicU64]>);
+
+    /// Buckets: exact below 256 ns, then 128 per power of two, up to one hour.
+    fn bucket(nanos: u64) -> usize {
+        let nanos = nanos.min(3_600_000_000_000);
+        if nanos < 256 {
+            return nanos as usize;
+        }
+        let octave = 63 - nanos.leading_zeros() as u64;
+        (256 + (octave - 8) * 128 + ((nanos >> (octave - 7)) - 128)) as usize
+    }
+
+    static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static THREAD: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+    }
+
+    impl ShardedHistogramLayer {
+        pub fn new() -> Self {
+            let shards = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 2)
+                .next_power_of_two()
+                .clamp(2, 32);
+            let buckets = bucket(u64::MAX) + 1;
+            ShardedHistogramLayer(
+                (0..shards)
+                    .map(|_| Shard((0..buckets).map(|_| AtomicU64::new(0)).collect()))
+                    .collect(),
+            )
+        }
+    }
+
+    impl<S> Layer<S> for ShardedHistogramLayer {
+        type Service = ShardedHistogram<S>;
+        fn layer(&self, inner: S) -> Self::Service {
+            ShardedHistogram {
+                inner,
+                shards: self.0.clone(),
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct ShardedHistogram<S> {
+        inner: S,
+        shards: Arc<[Shard]>,
+    }
+
+    impl<S: Service<R>, R> Service<R> for ShardedHistogram<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = ShardRecorded<S::Future>;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+        fn call(&mut self, req: R) -> Self::Future {
+            ShardRecorded {
+                inner: self.inner.call(req),
+                shards: self.shards.clone(),
+                start: Instant::now(),
+            }
+        }
+    }
+
+    pin_project! {
+        pub struct ShardRecorded<F> { #[pin] inner: F, shards: Arc<[Shard]>, start: Instant }
+    }
+
+    impl<F: Future> Future for ShardRecorded<F> {
+        type Output = F::Output;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            let out = std::task::ready!(this.inner.poll(cx));
+            let ns = this.start.elapsed().as_nanos() as u64;
+            let shard = &this.shards[THREAD.with(|t| *t) & (this.shards.len() - 1)];
+            shard.0[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(out)
+        }
+    }
+
     /// tower's own retry policy: up to 3 retries on error, no backoff (never used on the success path).
     #[derive(Clone)]
     pub struct Attempts(pub u32);
@@ -250,7 +407,19 @@ pub mod stacks {
         }
     }
 
-    /// Plain tower: histogram → retry → concurrency limit → timeout → handler.
+    /// Plain tower: `$histogram` → retry → concurrency limit → timeout → handler.
+    macro_rules! plain_tower {
+        ($histogram:expr) => {
+            ServiceBuilder::new()
+                .layer($histogram)
+                .layer(tower::retry::RetryLayer::new(Attempts(3)))
+                .layer(tower::limit::ConcurrencyLimitLayer::new(10))
+                .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
+                .service(noop())
+        };
+    }
+
+    /// Plain tower recording latency in a sharded histogram like ours.
     pub fn plain_tower() -> impl Service<
         Event,
         Response = (),
@@ -259,46 +428,104 @@ pub mod stacks {
     > + Clone
            + Send
            + 'static {
+        plain_tower!(ShardedHistogramLayer::new())
+    }
+
+    /// Plain tower recording what ours records: each event's latency (outside the retry) and each
+    /// attempt's (inside it), in sharded histograms like ours.
+    pub fn plain_tower_both_latencies() -> impl Service<
+        Event,
+        Response = (),
+        Error = BoxError,
+        Future = impl Future<Output = Result<(), BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
         ServiceBuilder::new()
-            .layer(MutexHistogramLayer::new())
+            .layer(ShardedHistogramLayer::new())
             .layer(tower::retry::RetryLayer::new(Attempts(3)))
             .layer(tower::limit::ConcurrencyLimitLayer::new(10))
+            .layer(ShardedHistogramLayer::new())
             .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(30)))
             .service(noop())
     }
 
-    /// tower-resilience: histogram → retry → circuit breaker → bulkhead → time limiter → handler.
+    /// Plain tower as its users write it, with one mutex-guarded hdrhistogram.
+    pub fn plain_tower_mutex() -> impl Service<
+        Event,
+        Response = (),
+        Error = BoxError,
+        Future = impl Future<Output = Result<(), BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        plain_tower!(MutexHistogramLayer::new())
+    }
+
+    /// tower-resilience: `$histogram` → retry → circuit breaker (`$breaker`) → bulkhead → time limiter →
+    /// handler.
+    macro_rules! tower_resilience {
+        ($histogram:expr, $breaker:expr) => {{
+            use tower_resilience::bulkhead::BulkheadLayer;
+            use tower_resilience::retry::RetryLayer as ResilienceRetry;
+            use tower_resilience::timelimiter::TimeLimiterLayer;
+
+            let inner = ServiceBuilder::new()
+                .layer($breaker)
+                .layer(
+                    BulkheadLayer::builder()
+                        .max_concurrent_calls(10)
+                        .build()
+                        .unwrap(),
+                )
+                .layer(
+                    TimeLimiterLayer::builder()
+                        .timeout_duration(Duration::from_secs(30))
+                        .build(),
+                )
+                .service(noop());
+            let retry = ResilienceRetry::<Event, (), _>::builder()
+                .max_attempts(4)
+                .exponential_backoff(Duration::from_millis(100))
+                .build();
+            ServiceBuilder::new()
+                .layer($histogram)
+                .layer(retry)
+                .service(inner)
+        }};
+    }
+
+    /// tower-resilience with its defaults (an unnamed breaker) and one mutex-guarded hdrhistogram.
     pub fn tower_resilience(
     ) -> impl Service<Event, Response = (), Error = impl std::fmt::Debug, Future = impl Future + Send>
            + Clone
            + Send
            + 'static {
-        use tower_resilience::bulkhead::BulkheadLayer;
         use tower_resilience::circuitbreaker::CircuitBreakerLayer as ResilienceBreaker;
-        use tower_resilience::retry::RetryLayer as ResilienceRetry;
-        use tower_resilience::timelimiter::TimeLimiterLayer;
+        tower_resilience!(
+            MutexHistogramLayer::new(),
+            ResilienceBreaker::builder().build().unwrap()
+        )
+    }
 
-        let inner = ServiceBuilder::new()
-            .layer(ResilienceBreaker::builder().build().unwrap())
-            .layer(
-                BulkheadLayer::builder()
-                    .max_concurrent_calls(10)
-                    .build()
-                    .unwrap(),
-            )
-            .layer(
-                TimeLimiterLayer::builder()
-                    .timeout_duration(Duration::from_secs(30))
-                    .build(),
-            )
-            .service(noop());
-        let retry = ResilienceRetry::<Event, (), _>::builder()
-            .max_attempts(4)
-            .exponential_backoff(Duration::from_millis(100))
-            .build();
-        ServiceBuilder::new()
-            .layer(MutexHistogramLayer::new())
-            .layer(retry)
-            .service(inner)
+    /// tower-resilience like for like: the sharded histogram, and a breaker with a name (as a service
+    /// names its breakers) and its count-based window set explicitly.
+    pub fn tower_resilience_sharded(
+    ) -> impl Service<Event, Response = (), Error = impl std::fmt::Debug, Future = impl Future + Send>
+           + Clone
+           + Send
+           + 'static {
+        use tower_resilience::circuitbreaker::{
+            CircuitBreakerLayer as ResilienceBreaker, SlidingWindowType,
+        };
+        tower_resilience!(
+            ShardedHistogramLayer::new(),
+            ResilienceBreaker::builder()
+                .name("bench")
+                .sliding_window_type(SlidingWindowType::CountBased)
+                .sliding_window_size(100)
+                .build()
+                .unwrap()
+        )
     }
 }

@@ -23,7 +23,7 @@ pin_project! {
     enum State<F> {
         Running { #[pin] future: F },
         Passthrough { #[pin] future: F },
-        Sending { sending: SinkFuture, error: Option<Error>, reason: DeadLetterReason, attempts: u32 },
+        Sending { sending: SinkFuture, error: Option<Error>, reason: DeadLetterReason, attempts: u32, id: Option<String> },
     }
 }
 
@@ -198,6 +198,7 @@ where
                     };
                     let now = SystemTime::now();
                     let attempts = record.attempts.max(1);
+                    let id = shared.id_of.map(|id_of| id_of(request.borrow()));
                     let letter = DeadLetter {
                         request: request.borrow().clone(),
                         error: ErrorRecord::from(&error),
@@ -214,6 +215,7 @@ where
                             error: Some(error),
                             reason,
                             attempts,
+                            id,
                         }),
                         Err(_) => {
                             shared.sink_panicked();
@@ -226,6 +228,7 @@ where
                     error,
                     reason,
                     attempts,
+                    id,
                 } => {
                     let shared = &**this.shared;
                     let outcome = match catch_unwind(AssertUnwindSafe(|| sending.as_mut().poll(cx)))
@@ -244,6 +247,7 @@ where
                             tracing::warn!(
                                 target: "tower_listener::dead_letter",
                                 listener = %shared.name,
+                                event.id = id.as_deref(),
                                 reason = reason.as_str(),
                                 attempts = *attempts,
                                 error = error.as_ref().map(|e| e.kind()).unwrap_or("unknown"),

@@ -143,6 +143,8 @@ pub(crate) struct DeadLetterShared<R> {
     pub(crate) config: DeadLetterConfig<R>,
     pub(crate) name: Arc<str>,
     pub(crate) metrics: Option<Arc<ListenerMetrics>>,
+    /// The request's id for the "event dead-lettered" log line (the manager's events have one).
+    pub(crate) id_of: Option<fn(&R) -> String>,
 }
 
 /// Hands every failed event to a [`DeadLetterSink`], then returns the error to the caller.
@@ -194,7 +196,7 @@ impl<R> DeadLetterLayer<R> {
     /// # Errors
     /// [`Error::InvalidConfig`] for `dead_letter.sink` when enabled without a sink.
     pub fn new(config: DeadLetterConfig<R>) -> Result<Self, Error> {
-        Self::build(config, Arc::from("dead-letter"), None)
+        Self::build(config, Arc::from("dead-letter"), None, None)
     }
 
     /// A layer sending every failure to `sink`.
@@ -204,6 +206,7 @@ impl<R> DeadLetterLayer<R> {
                 config: DeadLetterConfig::to_sink(sink),
                 name: Arc::from("dead-letter"),
                 metrics: None,
+                id_of: None,
             })),
             _request: PhantomData,
         }
@@ -218,13 +221,24 @@ impl<R> DeadLetterLayer<R> {
         config: DeadLetterConfig<R>,
         metrics: Arc<ListenerMetrics>,
     ) -> Result<Self, Error> {
-        Self::build(config, Arc::from(metrics.name()), Some(metrics))
+        Self::build(config, Arc::from(metrics.name()), Some(metrics), None)
+    }
+
+    /// [`with_metrics`](Self::with_metrics), logging each letter with the id `id_of` reads from its
+    /// request (the manager's events).
+    pub(crate) fn with_ids(
+        config: DeadLetterConfig<R>,
+        metrics: Arc<ListenerMetrics>,
+        id_of: fn(&R) -> String,
+    ) -> Result<Self, Error> {
+        Self::build(config, Arc::from(metrics.name()), Some(metrics), Some(id_of))
     }
 
     fn build(
         config: DeadLetterConfig<R>,
         name: Arc<str>,
         metrics: Option<Arc<ListenerMetrics>>,
+        id_of: Option<fn(&R) -> String>,
     ) -> Result<Self, Error> {
         config.validate()?;
         Ok(DeadLetterLayer {
@@ -232,6 +246,7 @@ impl<R> DeadLetterLayer<R> {
                 config,
                 name,
                 metrics,
+                id_of,
             })),
             _request: PhantomData,
         })

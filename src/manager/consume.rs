@@ -432,17 +432,15 @@ async fn signal_progress<T>(listener: &ManagedListener<T>, acker: &impl Acker, t
     }
 }
 
-/// Ends an event's `in_flight` count if it is dropped before its outcome is counted.
+/// An event's `in_flight` count, ended when this is dropped (however the event ends).
 struct Counted<'a> {
     metrics: &'a crate::metrics::ListenerMetrics,
-    done: bool,
+    shard: usize,
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.metrics.event_abandoned();
-        }
+        self.metrics.in_flight.exit(self.shard);
     }
 }
 
@@ -450,7 +448,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// Runs a delivered event through the stack, without the dead-letter step (a failure is stored here,
     /// with its origin, and a rejection is not a failure: it goes back to the broker).
     async fn run_delivery(&self, event: Event<T>, origin: Origin) -> Outcome {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "tower_listener::event",
             "event",
             listener = %self.id,
@@ -458,20 +456,18 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             "event.type" = event.event_type(),
             delivery = origin.delivered,
         );
-        self.metrics.event_started();
-        let mut counted = Counted {
+        let _counted = Counted {
+            shard: self.metrics.event_started(),
             metrics: &self.metrics,
-            done: false,
         };
         let started = clock::now();
-        let (result, record) = WithAttempts::new(Lease::new(&*self.stack, event.clone()))
+        let (result, record) = WithAttempts::new(Lease::new(&*self.stack, event.clone()), &self.metrics)
             .instrument(span.clone())
             .await;
         let latency = clock::now().saturating_duration_since(started);
         let error = match result {
             Ok(()) => {
-                counted.done = true;
-                self.metrics.event_finished(true, latency);
+                self.metrics.event_succeeded(latency);
                 return Outcome::Succeeded;
             }
             // Not an outcome of the event: it goes back to the broker (`counted` ends its in-flight count).
@@ -479,7 +475,6 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             Err(Error::Overloaded) => return Outcome::Overloaded,
             Err(error) => error,
         };
-        counted.done = true;
         self.metrics.event_failed(&error, latency);
         let record = record.unwrap_or_default();
         let reason = reason_for(&error, &record);
@@ -516,13 +511,15 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             &config.sink,
             captures(config.capture.as_ref(), reason, Some(&self.metrics)),
         ) else {
-            tracing::warn!(target: "tower_listener::dead_letter", listener = %self.id, reason = reason.as_str(), "not captured by the dead-letter filter; the broker will redeliver the event");
+            tracing::warn!(target: "tower_listener::dead_letter", listener = %self.id, event.id = letter.request.id(), reason = reason.as_str(), "not captured by the dead-letter filter; the broker will redeliver the event");
             return Outcome::NotStored;
         };
         let attempts = letter.attempts;
         let error_kind = letter.error.kind.clone();
+        let event_id = letter.request.id().to_owned();
         let sending = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.send(letter)));
-        self.stored(sending, reason, attempts, &error_kind).await
+        self.stored(sending, reason, attempts, &error_kind, Some(&event_id))
+            .await
     }
 
     /// Keeps a payload that did not decode as a malformed letter.
@@ -535,7 +532,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         };
         let sending =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.send_malformed(letter)));
-        self.stored(sending, DeadLetterReason::Malformed, 0, "malformed")
+        self.stored(sending, DeadLetterReason::Malformed, 0, "malformed", None)
             .await
     }
 
@@ -546,6 +543,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         reason: DeadLetterReason,
         attempts: u32,
         error_kind: &str,
+        event_id: Option<&str>,
     ) -> Outcome {
         let result = match sending {
             Ok(sending) => match tokio::spawn(sending).await {
@@ -560,6 +558,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 tracing::warn!(
                     target: "tower_listener::dead_letter",
                     listener = %self.id,
+                    event.id = event_id,
                     reason = reason.as_str(),
                     attempts,
                     error = error_kind,

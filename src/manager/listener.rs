@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -26,7 +26,7 @@ use crate::dead_letter::{
     DeadLetterReason, DeadLetterShared, DeadLetterSink, Lettering,
 };
 use crate::limit::ConcurrencyLimitLayer;
-use crate::metrics::{shard_count, thread_shard, ListenerMetrics, MetricsLayer, Recording};
+use crate::metrics::{AttemptTimingLayer, ListenerMetrics, Recording};
 use crate::retry::RetryLayer;
 use crate::shared::Handle;
 use crate::timeout::TimeoutLayer;
@@ -99,88 +99,6 @@ pub fn listener_fn<F>(id: impl Into<String>, f: F) -> Listener<ServiceFn<F>> {
     Listener::new(id, tower::service_fn(f))
 }
 
-/// Counts a listener's accepted events until they end, so `stop` and `unregister` can wait for them.
-///
-/// One count per thread shard, so that events on different threads do not write one cache line. An event
-/// is counted on the shard of the thread that accepted it and uncounted on the same shard (wherever it
-/// ends), so no shard ever goes below zero: a sum read while an event is in flight counts it.
-pub(crate) struct InFlight {
-    counts: Box<[ShardCount]>,
-    /// Tasks in `wait_idle`: an event that ends notifies only when someone waits, so the hot path never
-    /// takes the `Notify`'s lock.
-    waiters: AtomicUsize,
-    idle: Notify,
-}
-
-#[repr(align(128))] // one count per cache line pair
-struct ShardCount(AtomicUsize);
-
-struct Waiter<'a>(&'a AtomicUsize);
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        InFlight {
-            counts: (0..shard_count())
-                .map(|_| ShardCount(AtomicUsize::new(0)))
-                .collect(),
-            waiters: AtomicUsize::new(0),
-            idle: Notify::new(),
-        }
-    }
-}
-
-impl InFlight {
-    /// Counts an event on this thread's shard; returns the shard, for [`exit`](Self::exit). SeqCst: see
-    /// `Accepted::new`.
-    #[inline]
-    fn enter(&self) -> usize {
-        let shard = thread_shard(self.counts.len());
-        self.counts[shard].0.fetch_add(1, Ordering::SeqCst);
-        shard
-    }
-
-    /// Uncounts an event counted on `shard`, waking `wait_idle` if anyone waits.
-    #[inline]
-    fn exit(&self, shard: usize) {
-        self.counts[shard].0.fetch_sub(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// Waits until no event is in flight.
-    ///
-    /// No lost wake-up: this counts itself in `waiters` and creates its `Notified` before it reads the
-    /// counts; an ending event decrements its count before it reads `waiters` (all SeqCst). So either this
-    /// sees the decrement, or the event sees the waiter and wakes it.
-    pub(crate) async fn wait_idle(&self) {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let _waiter = Waiter(&self.waiters);
-        loop {
-            let notified = self.idle.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Events in flight now.
-    pub(crate) fn count(&self) -> usize {
-        // SeqCst: pairs with the SeqCst increment in `Accepted::new`, see there.
-        self.counts
-            .iter()
-            .map(|count| count.0.load(Ordering::SeqCst))
-            .sum()
-    }
-}
-
 /// The state of a registered listener.
 pub(crate) struct ManagedListener<T> {
     pub(crate) id: String,
@@ -196,7 +114,6 @@ pub(crate) struct ManagedListener<T> {
     pub(crate) concurrency: usize,
     /// The listener's own queue when no sink was configured.
     pub(crate) queue: Option<DeadLetterQueue<Event<T>>>,
-    pub(crate) in_flight: InFlight,
     /// The current run (bumped by every `start`); events remember the run they were accepted in.
     run: AtomicU64,
     /// Runs up to and including this one are cancelled.
@@ -234,7 +151,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 (Arc::new(queue.clone()), Some(queue))
             }
         };
-        let dead_letters = DeadLetterLayer::with_metrics(
+        let dead_letters = DeadLetterLayer::with_ids(
             DeadLetterConfig {
                 enabled: config.dead_letter.enabled,
                 max_retries: config.dead_letter.max_retries,
@@ -242,6 +159,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 capture: config.dead_letter.capture.clone(),
             },
             metrics.clone(),
+            |event: &Event<T>| event.id().to_owned(),
         )?
         .shared();
         let layers = AttemptLayers {
@@ -249,8 +167,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             breaker: CircuitBreakerLayer::with_metrics(config.circuit.clone(), metrics.clone())?,
             limit: ConcurrencyLimitLayer::new(config.concurrency_config())?
                 .with_metrics(metrics.clone()),
-            timeout: TimeoutLayer::new(config.timeout)?.with_metrics(metrics.clone()),
-            metrics: metrics.clone(),
+            timeout: TimeoutLayer::new(config.timeout)?,
         };
         let handle = layers.breaker.handle();
         let handler = ServiceBuilder::new()
@@ -276,7 +193,6 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             dead_letters,
             concurrency: config.concurrency,
             queue,
-            in_flight: InFlight::default(),
             run: AtomicU64::new(0),
             cancelled_through: AtomicU64::new(0),
             cancelled: Notify::new(),
@@ -291,11 +207,11 @@ struct AttemptLayers {
     breaker: CircuitBreakerLayer,
     limit: ConcurrencyLimitLayer,
     timeout: TimeoutLayer,
-    metrics: Arc<ListenerMetrics>,
 }
 
 impl AttemptLayers {
-    /// retry → breaker → limit → timeout → metrics (per attempt) → panic catcher → `handler`, type-erased.
+    /// retry → breaker → limit → metrics (per attempt, which counts timeouts) → timeout → panic catcher →
+    /// `handler`, type-erased.
     fn stack<T, H>(self, handler: H) -> Box<dyn EventStack<T>>
     where
         T: Send + Sync + 'static,
@@ -307,8 +223,9 @@ impl AttemptLayers {
             .layer(self.retry)
             .layer(self.breaker)
             .layer(self.limit)
+            // Times each attempt; the retry future and the event record it (see `AttemptTimingLayer`).
+            .layer(AttemptTimingLayer)
             .layer(self.timeout)
-            .layer(MetricsLayer::per_attempt(self.metrics))
             .layer(CatchPanicLayer)
             .service(handler);
         Box::new(Stack::new(attempts))
@@ -365,7 +282,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
     /// cancelled (a shutdown past its deadline) first, the event is dropped from the stack and
     /// dead-lettered with reason `Shutdown`.
     pub(crate) async fn run(&self, event: Event<T>, run: u64) -> Result<(), Error> {
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             target: "tower_listener::event",
             "event",
             listener = %self.id,
@@ -373,7 +290,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             "event.type" = event.event_type(),
         );
         if self.is_cancelled(run) {
-            return Err(self.shut_down(event).instrument(span).await);
+            return Err(Box::pin(self.shut_down(event).instrument(span)).await);
         }
         // The per-event layers (metrics, then dead letter) around the listener's stack: what the futures of
         // `MetricsLayer::per_event` and `DeadLetterLayer` do, borrowing this listener's metrics and
@@ -382,7 +299,8 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // itself (what `tracing::Instrumented` did around a second async fn: ~35 instructions per event).
         let outcome = {
             let future = span.in_scope(|| {
-                Recording::per_event(&*self.metrics, || {
+                // In flight since `Accepted`: the recording does not count it again.
+                Recording::per_counted_event(&*self.metrics, || {
                     Lettering::start(&*self.dead_letters, &event, |event| {
                         Lease::new(&*self.stack, event)
                     })
@@ -407,7 +325,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 result
             }
             // The stack's future is dropped by now (it lived in the block above).
-            None => Err(self.shut_down(event).instrument(span).await),
+            None => Err(Box::pin(self.shut_down(event).instrument(span)).await),
         }
     }
 
@@ -422,6 +340,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), "event cancelled by shutdown and not dead-lettered");
             return Error::Stopped;
         };
+        let event_id = event.id().to_owned();
         let letter = DeadLetter::new(event, Error::Stopped, self.metrics.name(), 0, reason);
         let sending = match catch_unwind(AssertUnwindSafe(|| sink.send(letter))) {
             Ok(sending) => sending,
@@ -443,6 +362,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                         tracing::warn!(
                             target: "tower_listener::dead_letter",
                             listener = %id,
+                            event.id = %event_id,
                             reason = DeadLetterReason::Shutdown.as_str(),
                             attempts = 0u32,
                             error = Error::Stopped.kind(),
@@ -542,7 +462,7 @@ impl<T> Accepted<T> {
     /// count: so either the caller sees "not running" and backs out, or `stop` sees this event and waits.
     #[inline]
     pub(crate) fn new(listener: Handle<ManagedListener<T>>) -> Self {
-        let shard = listener.in_flight.enter();
+        let shard = listener.metrics.in_flight.enter();
         let run = listener.run.load(Ordering::SeqCst);
         Accepted {
             listener,
@@ -554,6 +474,6 @@ impl<T> Accepted<T> {
 
 impl<T> Drop for Accepted<T> {
     fn drop(&mut self) {
-        self.listener.in_flight.exit(self.shard);
+        self.listener.metrics.in_flight.exit(self.shard);
     }
 }

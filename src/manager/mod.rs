@@ -388,15 +388,17 @@ impl<T: Send + Sync + 'static> ListenerManager<T> {
         R: 'static,
     {
         let managed = ManagedListener::build(listener, config, &self.inner.config)?;
+        let id = managed.id.clone();
         self.inner.listeners.update(|listeners| {
             if listeners.contains_key(&managed.id) {
                 return Err(Error::AlreadyRegistered(managed.id));
             }
             managed.start_run();
-            tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %managed.id, "listener registered");
             listeners.insert(managed.id.clone(), Shared::new(Arc::new(managed)));
             Ok(())
-        })
+        })?;
+        tracing::info!(target: "tower_listener::manager", manager = %self.inner.config.name, listener = %id, "listener registered");
+        Ok(())
     }
 
     /// Removes a listener: new events for it fail with [`Error::NotFound`]; its in-flight events get up to
@@ -706,17 +708,17 @@ async fn drain<T: Send + Sync + 'static>(
         .sum();
     let all_idle = async {
         for listener in listeners {
-            listener.in_flight.wait_idle().await;
+            listener.metrics.in_flight.wait_idle().await;
         }
     };
     let drained = tokio::time::timeout(deadline, all_idle).await.is_ok();
     if !drained {
         for listener in listeners {
-            tracing::warn!(target: "tower_listener::manager", listener = %listener.id, in_flight = listener.in_flight.count(), "shutdown deadline passed; cancelling in-flight events");
+            tracing::warn!(target: "tower_listener::manager", listener = %listener.id, in_flight = listener.metrics.in_flight.count(), "shutdown deadline passed; cancelling in-flight events");
             listener.cancel_run();
         }
         for listener in listeners {
-            listener.in_flight.wait_idle().await;
+            listener.metrics.in_flight.wait_idle().await;
         }
     }
     for listener in listeners {

@@ -66,7 +66,8 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 continue;
             };
             let (result, record) =
-                WithAttempts::new(Lease::new(&*self.stack, letter.request.clone())).await;
+                WithAttempts::new(Lease::new(&*self.stack, letter.request.clone()), &self.metrics)
+                    .await;
             let error = match result {
                 Ok(()) => {
                     self.metrics.redriven(true);

@@ -4,7 +4,8 @@
 //! Erasing the handler's type means the stack's future cannot be named, so it lives behind a
 //! `Pin<Box<dyn …>>`. Instead of allocating (and freeing) one per event, each listener keeps per-thread
 //! shards, each holding a ready clone of the stack and a free list of boxes that already fit its future:
-//! an event takes the shard of its thread (an uncontended `try_lock`), calls the shard's service straight
+//! an event takes the shard of its thread (an uncontended try-lock: one atomic swap, released by a plain
+//! store), calls the shard's service straight
 //! into a recycled box (its future is written there, not moved in), and gives the box back (emptied: the
 //! future and everything it held are dropped at once) when the event ends or is cancelled. When the shard
 //! is busy or the handler is not ready at once, the event falls back to a clone of the stack and a fresh
@@ -19,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
+use try_lock::TryLock;
 
 use crate::metrics::{shard_count, thread_shard};
 use crate::{Error, Event};
@@ -139,7 +141,7 @@ pub(crate) trait EventStack<T>: Send + Sync {
 
 #[repr(align(128))] // one shard per cache line pair, so threads do not false-share
 struct Shard<S, T> {
-    inner: Mutex<ShardInner<S, T>>,
+    inner: TryLock<ShardInner<S, T>>,
 }
 
 struct ShardInner<S, T> {
@@ -159,7 +161,7 @@ impl<S: Clone, T> Stack<S, T> {
         Stack {
             shards: (0..shard_count())
                 .map(|_| Shard {
-                    inner: Mutex::new(ShardInner {
+                    inner: TryLock::new(ShardInner {
                         service: service.clone(),
                         free: Vec::new(),
                     }),
@@ -181,7 +183,7 @@ where
     T: Send + Sync + 'static,
 {
     fn start(&self, event: Event<T>) -> BoxedSlot<T> {
-        if let Ok(mut shard) = self.shard().inner.try_lock() {
+        if let Some(mut shard) = self.shard().inner.try_lock() {
             // A stack whose handler is ready at once (the usual case) is called right here; a handler
             // that is not gets the slow path below with a real waker.
             let mut cx = Context::from_waker(Waker::noop());
@@ -225,7 +227,7 @@ where
             return;
         }
         slot.as_mut().clear();
-        if let Ok(mut shard) = self.shard().inner.try_lock() {
+        if let Some(mut shard) = self.shard().inner.try_lock() {
             if shard.free.len() < FREE_PER_SHARD {
                 shard.free.push(slot);
             }

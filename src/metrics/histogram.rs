@@ -199,30 +199,43 @@ impl LatencyHistogram {
         counts[bucket(nanos)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every bucket's count, summed over the shards.
-    fn totals(&self) -> Vec<u64> {
+    /// Every bucket's count, summed over the shards of every histogram in `parts`.
+    fn totals(parts: &[&LatencyHistogram]) -> Vec<u64> {
         let mut totals = vec![0u64; BUCKETS];
-        for counts in self.shards.iter().filter_map(|shard| shard.0.get()) {
-            for (total, count) in totals.iter_mut().zip(counts.iter()) {
-                *total += count.load(Ordering::Relaxed);
+        for part in parts {
+            for counts in part.shards.iter().filter_map(|shard| shard.0.get()) {
+                for (total, count) in totals.iter_mut().zip(counts.iter()) {
+                    *total += count.load(Ordering::Relaxed);
+                }
             }
         }
         totals
     }
 
-    /// What was recorded, in the coarse buckets `bounds` (upper bounds in nanoseconds, ascending): the
-    /// count in each (not cumulative; one more for what is above the last), the total count, and the sum
-    /// in seconds. A fine bucket goes to the first bound at or above its lowest value (buckets are within
+    /// Percentiles over everything recorded.
+    #[cfg(test)]
+    pub(crate) fn summary(&self) -> LatencySummary {
+        Self::summary_of(&[self])
+    }
+
+    /// [`coarse_of`](Self::coarse_of) this histogram alone.
+    #[cfg(test)]
+    pub(crate) fn coarse(&self, bounds: &[u64]) -> Coarse {
+        Self::coarse_of(&[self], bounds)
+    }
+
+    /// What was recorded in `parts` (as one histogram), in the coarse buckets `bounds` (upper bounds in
+    /// nanoseconds, ascending): the count in each (not cumulative; one more for what is above the last),
+    /// the total count, and the sum in seconds. A fine bucket goes to the first bound at or above its lowest value (buckets are within
     /// 0.8 %), and counts in the sum at its middle.
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
-    pub(crate) fn coarse(&self, bounds: &[u64]) -> Coarse {
+    pub(crate) fn coarse_of(parts: &[&LatencyHistogram], bounds: &[u64]) -> Coarse {
         let mut coarse = Coarse {
             counts: vec![0; bounds.len() + 1],
             count: 0,
             sum_seconds: 0.0,
         };
-        for (index, count) in self
-            .totals()
+        for (index, count) in Self::totals(parts)
             .into_iter()
             .enumerate()
             .filter(|(_, c)| *c > 0)
@@ -241,10 +254,10 @@ impl LatencyHistogram {
         coarse
     }
 
-    /// Percentiles over everything recorded.
-    pub(crate) fn summary(&self) -> LatencySummary {
+    /// Percentiles over everything recorded in `parts`, as one histogram.
+    pub(crate) fn summary_of(parts: &[&LatencyHistogram]) -> LatencySummary {
         let mut merged = new_histogram();
-        let totals = self.totals();
+        let totals = Self::totals(parts);
         for (index, &count) in totals.iter().enumerate().filter(|(_, &c)| c > 0) {
             // The same buckets on both sides: the floor lands in this bucket's hdrhistogram bucket.
             merged.saturating_record_n(bucket_floor(index), count);

@@ -10,10 +10,14 @@
 //! Recording never fails and never panics: a latency past one hour saturates.
 
 mod histogram;
+mod in_flight;
 mod layer;
 
 pub use histogram::LatencySummary;
-pub(crate) use layer::{lent_event_start, Recording};
+pub(crate) use layer::{
+    clear_finished_attempt, lent_event_start, record_attempt, take_unrecorded_attempt,
+    AttemptTimingLayer, Recording,
+};
 pub use layer::{MetricsFuture, MetricsLayer, MetricsService};
 
 use std::fmt;
@@ -25,6 +29,31 @@ use crate::clock;
 use crate::window::SlidingWindow;
 use histogram::LatencyHistogram;
 pub(crate) use histogram::{shard_count, thread_shard};
+pub(crate) use in_flight::InFlight;
+
+/// How an attempt ended, as its metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    /// Not in the health window.
+    Permanent,
+    TimedOut,
+    Panicked,
+}
+
+impl AttemptOutcome {
+    #[inline]
+    pub(crate) fn of(result: Result<(), &crate::Error>) -> Self {
+        match result {
+            Ok(()) => AttemptOutcome::Succeeded,
+            Err(crate::Error::Permanent(_)) => AttemptOutcome::Permanent,
+            Err(crate::Error::Timeout { .. }) => AttemptOutcome::TimedOut,
+            Err(crate::Error::Panicked { .. }) => AttemptOutcome::Panicked,
+            Err(_) => AttemptOutcome::Failed,
+        }
+    }
+}
 
 /// The default length of the health window: 60 s.
 pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(60);
@@ -60,9 +89,14 @@ pub struct ListenerMetrics {
     attempt_window: SlidingWindow,
     attempt_latency: LatencyHistogram,
     event_latency: LatencyHistogram,
+    /// Events of one attempt, recorded once: their latency is both the event's and the attempt's. The
+    /// event and attempt latencies read it with their own histogram.
+    solo_latency: LatencyHistogram,
     /// Rare events, not sharded: breaker transitions by (from, to) state, dead letters by reason.
     transitions: [[AtomicU64; 5]; 5],
     dead_letters_by_reason: [AtomicU64; REASONS],
+    /// Events in flight (the manager also waits on it when it stops).
+    pub(crate) in_flight: InFlight,
 }
 
 /// How many dead-letter reasons there are.
@@ -88,19 +122,19 @@ pub(crate) enum Rejection {
 #[derive(Default)]
 #[repr(align(128))]
 struct Counts {
-    events_succeeded: AtomicU64,
+    /// Successes are not counted: every event that ran records its latency, so they are the event
+    /// histogram's count less the failures that recorded one (one atomic less per event).
     events_failed: AtomicU64,
+    /// Failures without a latency (never ran, or cancelled by a shutdown).
+    events_failed_unrecorded: AtomicU64,
     permanent_failures: AtomicU64,
     events_retried: AtomicU64,
-    attempt_successes: AtomicU64,
     attempt_failures: AtomicU64,
     dead_letter_events: AtomicU64,
     dead_letter_failures: AtomicU64,
     rejected_circuit_open: AtomicU64,
     rejected_overloaded: AtomicU64,
     timeouts: AtomicU64,
-    /// Incremented and decremented on possibly different shards: summed with wrapping arithmetic.
-    in_flight: AtomicU64,
     circuit_trips: AtomicU64,
     panics: AtomicU64,
     redriven_succeeded: AtomicU64,
@@ -286,8 +320,10 @@ impl ListenerMetrics {
             attempt_window: SlidingWindow::sharded(health_window, clock::now()),
             attempt_latency: LatencyHistogram::new(),
             event_latency: LatencyHistogram::new(),
+            solo_latency: LatencyHistogram::new(),
             transitions: Default::default(),
             dead_letters_by_reason: Default::default(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -305,8 +341,14 @@ impl ListenerMetrics {
     /// manager fills it in).
     pub fn snapshot(&self) -> Stats {
         let state = self.circuit_state();
-        let events_succeeded = self.sum(|c| &c.events_succeeded);
+        // The histograms first, then the failures: a failure records its latency before it is counted.
+        let event_latency = LatencyHistogram::summary_of(&[&self.event_latency, &self.solo_latency]);
+        let attempt_latency =
+            LatencyHistogram::summary_of(&[&self.attempt_latency, &self.solo_latency]);
         let events_failed = self.sum(|c| &c.events_failed);
+        let recorded_failures =
+            events_failed.saturating_sub(self.sum(|c| &c.events_failed_unrecorded));
+        let events_succeeded = event_latency.count.saturating_sub(recorded_failures);
         let attempt_failures = self.sum(|c| &c.attempt_failures);
         let rejected_circuit_open = self.sum(|c| &c.rejected_circuit_open);
         let rejected_overloaded = self.sum(|c| &c.rejected_overloaded);
@@ -318,7 +360,7 @@ impl ListenerMetrics {
             events_failed,
             permanent_failures: self.sum(|c| &c.permanent_failures),
             events_retried: self.sum(|c| &c.events_retried),
-            attempts: self.sum(|c| &c.attempt_successes) + attempt_failures,
+            attempts: attempt_latency.count.max(attempt_failures),
             attempt_failures,
             dead_letter_events: self.sum(|c| &c.dead_letter_events),
             dead_letter_failures: self.sum(|c| &c.dead_letter_failures),
@@ -326,7 +368,7 @@ impl ListenerMetrics {
             rejected_circuit_open,
             rejected_overloaded,
             timeouts: self.sum(|c| &c.timeouts),
-            in_flight: (self.sum(|c| &c.in_flight) as i64).max(0) as u64,
+            in_flight: self.in_flight.count() as u64,
             circuit_breakers: u64::from(state.is_open()),
             circuit_trips: self.sum(|c| &c.circuit_trips),
             panics: self.sum(|c| &c.panics),
@@ -337,21 +379,21 @@ impl ListenerMetrics {
             source_naks: self.sum(|c| &c.source_naks),
             source_progress: self.sum(|c| &c.source_progress),
             redeliveries: self.sum(|c| &c.redeliveries),
-            event_latency: self.event_latency.summary(),
-            attempt_latency: self.attempt_latency.summary(),
+            event_latency,
+            attempt_latency,
         }
     }
 
     /// Event latencies in coarse buckets (nanosecond upper bounds), for an exporter.
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn event_latency_coarse(&self, bounds: &[u64]) -> histogram::Coarse {
-        self.event_latency.coarse(bounds)
+        LatencyHistogram::coarse_of(&[&self.event_latency, &self.solo_latency], bounds)
     }
 
     /// Attempt latencies in coarse buckets (nanosecond upper bounds), for an exporter.
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn attempt_latency_coarse(&self, bounds: &[u64]) -> histogram::Coarse {
-        self.attempt_latency.coarse(bounds)
+        LatencyHistogram::coarse_of(&[&self.attempt_latency, &self.solo_latency], bounds)
     }
 
     /// Attempt outcomes inside the health window ending now.
@@ -375,45 +417,39 @@ impl ListenerMetrics {
         &self.counts[thread_shard(self.counts.len())]
     }
 
-    /// A counter summed over the shards (wrapping, for `in_flight`).
+    /// A counter summed over the shards.
     fn sum(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
-        self.counts.iter().fold(0u64, |sum, c| {
-            sum.wrapping_add(counter(c).load(Ordering::Relaxed))
-        })
+        self.counts
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(counter(c).load(Ordering::Relaxed)))
     }
 
+    /// An event started: counted in flight on this thread's shard, returned for
+    /// [`InFlight::exit`].
     #[inline]
-    pub(crate) fn event_started(&self) {
-        self.mine().in_flight.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn event_started(&self) -> usize {
+        self.in_flight.enter()
     }
 
-    /// An event reached its final outcome.
+    /// An event succeeded (counted by its latency alone).
     #[inline]
-    pub(crate) fn event_finished(&self, success: bool, latency: Duration) {
+    pub(crate) fn event_succeeded(&self, latency: Duration) {
         self.event_latency.record(latency);
-        let counts = self.mine();
-        let counter = if success {
-            &counts.events_succeeded
-        } else {
-            &counts.events_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        counts.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// An event's future was dropped before its outcome was known.
-    pub(crate) fn event_abandoned(&self) {
-        self.mine().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// An event failed with `error` (out of line: the success path stays small).
     #[inline(never)]
     pub(crate) fn event_failed(&self, error: &crate::Error, latency: Duration) {
-        self.event_finished(false, latency);
+        self.event_latency.record(latency);
+        self.event_failure(error);
+    }
+
+    /// The failure counts of an event that failed with `error`.
+    fn event_failure(&self, error: &crate::Error) {
+        let counts = self.mine();
+        counts.events_failed.fetch_add(1, Ordering::Relaxed);
         if error.is_permanent() {
-            self.mine()
-                .permanent_failures
-                .fetch_add(1, Ordering::Relaxed);
+            counts.permanent_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -421,53 +457,75 @@ impl ListenerMetrics {
     pub(crate) fn event_failed_unrun(&self, permanent: bool) {
         let counts = self.mine();
         counts.events_failed.fetch_add(1, Ordering::Relaxed);
+        counts
+            .events_failed_unrecorded
+            .fetch_add(1, Ordering::Relaxed);
         if permanent {
             counts.permanent_failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// An event was cancelled by a manager shutdown: its outcome is final (failed, dead-lettered with reason
-    /// `Shutdown`). Its `in_flight` count, if any, was already ended by the dropped metrics future.
+    /// `Shutdown`).
     pub(crate) fn event_cancelled(&self) {
-        self.mine().events_failed.fetch_add(1, Ordering::Relaxed);
+        let counts = self.mine();
+        counts.events_failed.fetch_add(1, Ordering::Relaxed);
+        counts
+            .events_failed_unrecorded
+            .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An attempt failed with `error` at `now`. A permanent failure is left out of the health window (it
-    /// says nothing about the listener's dependencies); a panic is counted. Out of line: the success path
-    /// stays small.
-    #[inline(never)]
-    pub(crate) fn attempt_failed(&self, error: &crate::Error, latency: Duration, now: Instant) {
-        match error {
-            crate::Error::Permanent(_) => {
-                self.attempt_latency.record(latency);
-                self.mine().attempt_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            crate::Error::Panicked { .. } => {
-                self.attempt_finished(false, latency, now);
-                self.panicked();
-            }
-            _ => self.attempt_finished(false, latency, now),
+    /// An attempt ended at `now`, `latency` after it started, with `outcome`: its latency, and its
+    /// outcome in the counters and the health window.
+    #[inline]
+    pub(crate) fn attempt_ended(&self, outcome: AttemptOutcome, latency: Duration, now: Instant) {
+        self.attempt_latency.record(latency);
+        self.attempt_outcome(outcome, now);
+    }
+
+    /// The only attempt of an event ended with `outcome`, and with it the event, with `result`: one
+    /// latency for both, recorded once.
+    #[inline]
+    pub(crate) fn solo_ended(
+        &self,
+        outcome: AttemptOutcome,
+        result: Result<(), &crate::Error>,
+        latency: Duration,
+        now: Instant,
+    ) {
+        self.solo_latency.record(latency);
+        self.attempt_outcome(outcome, now);
+        if let Err(error) = result {
+            self.event_failure(error);
         }
     }
 
-    /// An attempt ran to an outcome at `now`, `latency` after it started.
+    /// An attempt's outcome at `now`: a success only in the health window (every attempt records its
+    /// latency, so attempts are counted by the histograms); a failure counted, and in the window unless
+    /// it is permanent (that says nothing about the listener's dependencies); a panic and a timeout
+    /// counted as such.
     #[inline]
-    pub(crate) fn attempt_finished(&self, success: bool, latency: Duration, now: Instant) {
-        self.attempt_latency.record(latency);
-        let counts = self.mine();
-        let counter = if success {
-            &counts.attempt_successes
-        } else {
-            &counts.attempt_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.attempt_window.record(now, success);
+    fn attempt_outcome(&self, outcome: AttemptOutcome, now: Instant) {
+        match outcome {
+            AttemptOutcome::Succeeded => self.attempt_window.record(now, true),
+            failed => self.attempt_failure(failed, now),
+        }
     }
 
-    /// An attempt was cut off by its timeout (it counts as a failed attempt).
-    pub(crate) fn attempt_timed_out(&self, latency: Duration) {
-        self.mine().timeouts.fetch_add(1, Ordering::Relaxed);
-        self.attempt_finished(false, latency, clock::now());
+    /// Out of line: the success path stays small.
+    #[inline(never)]
+    fn attempt_failure(&self, outcome: AttemptOutcome, now: Instant) {
+        let counts = self.mine();
+        counts.attempt_failures.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            AttemptOutcome::Permanent => return,
+            AttemptOutcome::Panicked => self.panicked(),
+            AttemptOutcome::TimedOut => {
+                counts.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            AttemptOutcome::Succeeded | AttemptOutcome::Failed => {}
+        }
+        self.attempt_window.record(now, false);
     }
 
     /// A panic in user code was caught.

@@ -13,6 +13,7 @@ use tower::{BoxError, Service};
 use super::backoff::retry_delay;
 use super::service::RetryCore;
 use crate::attempts::{self, RetryStop};
+use crate::metrics;
 use crate::shared::Handle;
 use crate::Error;
 
@@ -101,6 +102,8 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
+                    // A manager's attempt lends its end (unrecorded) as it completes: see below.
+                    metrics::clear_finished_attempt();
                     let error = match ready!(future.poll(cx)) {
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => Error::from_boxed(e.into()),
@@ -140,6 +143,14 @@ where
                             first_failure: SystemTime::now(),
                         })
                     });
+                    // An attempt that only lent its end is recorded here, as it is retried (the last
+                    // attempt is left to the event around).
+                    if let (Some(finished), Some(metrics)) = (
+                        metrics::take_unrecorded_attempt(),
+                        &this.core.shared.metrics,
+                    ) {
+                        metrics::record_attempt(metrics, finished);
+                    }
                     let retry = retrying.as_mut().project();
                     let delay = retry_delay(
                         policy.backoff,

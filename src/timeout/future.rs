@@ -9,8 +9,6 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::BoxError;
 
-use crate::metrics::ListenerMetrics;
-use crate::shared::Handle;
 use crate::Error;
 
 pin_project! {
@@ -22,22 +20,16 @@ pin_project! {
         // would be copied (armed or not) each time an outer layer moves this future into its own.
         timer: Option<Pin<Box<Sleep>>>,
         limit: Duration,
-        metrics: Option<Handle<ListenerMetrics>>,
     }
 }
 
 impl<F> TimeoutFuture<F> {
     /// The attempt is `call`'s future, built in place.
     #[inline]
-    pub(crate) fn new(
-        call: impl FnOnce() -> F,
-        limit: Duration,
-        metrics: Option<Handle<ListenerMetrics>>,
-    ) -> Self {
+    pub(crate) fn new(call: impl FnOnce() -> F, limit: Duration) -> Self {
         TimeoutFuture {
             timer: None,
             limit,
-            metrics,
             inner: Some(call()),
         }
     }
@@ -69,9 +61,6 @@ where
         }
         // Drop the attempt now, not when the caller drops us.
         this.inner.set(None);
-        if let Some(metrics) = this.metrics {
-            metrics.attempt_timed_out(*this.limit);
-        }
         Poll::Ready(Err(Error::Timeout {
             limit: Some(*this.limit),
         }))

@@ -1,17 +1,17 @@
 //! [`TimeoutLayer`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tower::Layer;
 
 use super::service::Timeout;
 use crate::error::check_duration;
-use crate::metrics::ListenerMetrics;
-use crate::shared::Shared;
 use crate::Error;
 
 /// Cancels an attempt that runs longer than a limit, with [`Error::Timeout`].
+///
+/// A per-attempt [`MetricsLayer`](crate::MetricsLayer) around it counts its timeouts (as timeouts and
+/// failed attempts).
 ///
 /// ```
 /// use std::time::Duration;
@@ -32,7 +32,6 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     limit: Duration,
-    metrics: Option<Shared<ListenerMetrics>>,
 }
 
 impl TimeoutLayer {
@@ -43,16 +42,7 @@ impl TimeoutLayer {
     /// [`MAX_CONFIG_DURATION`](crate::MAX_CONFIG_DURATION).
     pub fn new(limit: Duration) -> Result<Self, Error> {
         check_duration("timeout", limit)?;
-        Ok(TimeoutLayer {
-            limit,
-            metrics: None,
-        })
-    }
-
-    /// Reports each timeout to `metrics` (as a timeout and a failed attempt).
-    pub fn with_metrics(mut self, metrics: Arc<ListenerMetrics>) -> Self {
-        self.metrics = Some(Shared::new(metrics));
-        self
+        Ok(TimeoutLayer { limit })
     }
 
     /// The limit.
@@ -65,6 +55,6 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Timeout::new(inner, self.limit, self.metrics.clone())
+        Timeout::new(inner, self.limit)
     }
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 use tower::{BoxError, Service};
 
 use super::future::TimeoutFuture;
-use crate::metrics::ListenerMetrics;
-use crate::shared::Shared;
 use crate::Error;
 
 /// A service whose attempts are cut off after a limit. Made by [`TimeoutLayer`](super::TimeoutLayer).
@@ -15,16 +13,11 @@ use crate::Error;
 pub struct Timeout<S> {
     inner: S,
     limit: Duration,
-    metrics: Option<Shared<ListenerMetrics>>,
 }
 
 impl<S> Timeout<S> {
-    pub(crate) fn new(inner: S, limit: Duration, metrics: Option<Shared<ListenerMetrics>>) -> Self {
-        Timeout {
-            inner,
-            limit,
-            metrics,
-        }
+    pub(crate) fn new(inner: S, limit: Duration) -> Self {
+        Timeout { inner, limit }
     }
 }
 
@@ -47,10 +40,6 @@ where
     #[inline]
     fn call(&mut self, request: R) -> Self::Future {
         let inner = &mut self.inner;
-        TimeoutFuture::new(
-            || inner.call(request),
-            self.limit,
-            self.metrics.as_ref().map(Shared::handle),
-        )
+        TimeoutFuture::new(|| inner.call(request), self.limit)
     }
 }
