@@ -1,6 +1,7 @@
 //! Throughput of the full stack driven by 1 and by 2 threads at once (each thread its own clone of the
 //! service, all sharing one breaker, limit and metrics), by hand and through the manager.
-//! `cargo bench --bench contention`.
+//! `cargo bench --bench contention` (add `-- skip-criterion` for the interleaved table alone: a filter no
+//! criterion bench matches).
 
 mod common;
 
@@ -69,20 +70,28 @@ fn run_manager(m: &ListenerManager, threads: usize, per_thread: u64) -> Duration
     })
 }
 
-/// Millions of calls per second: the median of `rounds` runs.
-fn throughput(
-    rounds: usize,
-    threads: usize,
-    per_thread: u64,
-    mut run: impl FnMut(usize, u64) -> Duration,
-) -> f64 {
-    let mut rates: Vec<f64> = (0..rounds)
-        .map(|_| {
-            (threads as u64 * per_thread) as f64 / run(threads, per_thread).as_secs_f64() / 1e6
-        })
-        .collect();
-    rates.sort_by(|a, b| a.total_cmp(b));
-    rates[rates.len() / 2]
+/// Calls per thread that make one single-thread run of `run` last about `target`.
+fn calibrate(run: &Run, target: Duration) -> u64 {
+    let probe = 50_000;
+    let took = run(1, probe).max(Duration::from_micros(1));
+    let calls = probe as f64 * target.as_secs_f64() / took.as_secs_f64();
+    (calls as u64).max(probe)
+}
+
+/// Millions of calls per second of one run.
+fn rate(threads: usize, per_thread: u64, took: Duration) -> f64 {
+    (threads as u64 * per_thread) as f64 / took.as_secs_f64() / 1e6
+}
+
+/// The median and the range of `values`.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
 }
 
 /// One throughput row: (threads, calls per thread) -> wall time.
@@ -117,32 +126,60 @@ fn main() {
     criterion.final_summary();
 
     if report {
-        let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
-        println!("\nThroughput, millions of calls/s ({machine} cores; one OS thread and current-thread runtime per thread; median of 7 runs of 400k calls per thread)");
-        println!("| stack | 1 thread | 2 threads | 2 / 1 |\n|---|---:|---:|---:|");
-        let per = 400_000;
-        let rows: [(&str, Box<Run>); 4] = [
-            (
-                "bare no-op service",
-                Box::new(|t, n| run_stack(&bare, t, n)),
-            ),
-            (
-                "full stack without metrics (no histograms)",
-                Box::new(|t, n| run_stack(&unrecorded, t, n)),
-            ),
-            (
-                "full stack (by hand, histograms on)",
-                Box::new(|t, n| run_stack(&ours, t, n)),
-            ),
-            (
-                "full stack through manager.process",
-                Box::new(|t, n| run_manager(&manager, t, n)),
-            ),
-        ];
-        for (name, run) in rows.iter() {
-            let one = throughput(7, 1, per, run);
-            let two = throughput(7, 2, per, run);
-            println!("| {name} | {one:.2} | {two:.2} | {:.2}x |", two / one);
+        contention_table(&[
+            ("bare no-op service", &|t, n| run_stack(&bare, t, n)),
+            ("full stack without metrics (no histograms)", &|t, n| {
+                run_stack(&unrecorded, t, n)
+            }),
+            ("full stack (by hand, histograms on)", &|t, n| {
+                run_stack(&ours, t, n)
+            }),
+            ("full stack through manager.process", &|t, n| {
+                run_manager(&manager, t, n)
+            }),
+        ]);
+    }
+}
+
+/// Rounds of the table; each runs every row with 1 thread, then with 2.
+const ROUNDS: usize = 5;
+/// How long a single-thread run of a row lasts (a 2-thread run does as many calls per thread).
+const RUN_FOR: Duration = Duration::from_millis(250);
+
+/// Measures every row in `ROUNDS` interleaved rounds (row by row, 1 thread then 2 threads each), with
+/// runs long enough that starting and joining threads does not count, and prints the median rates and
+/// the 2-thread/1-thread ratio with its range over the rounds.
+fn contention_table(rows: &[(&str, &Run)]) {
+    let machine = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let calls: Vec<u64> = rows
+        .iter()
+        .map(|(_, run)| calibrate(*run, RUN_FOR))
+        .collect();
+    // rates[row][round] = (1 thread, 2 threads)
+    let mut rates = vec![Vec::with_capacity(ROUNDS); rows.len()];
+    for _ in 0..ROUNDS {
+        for ((_, run), (&per, rates)) in rows.iter().zip(calls.iter().zip(rates.iter_mut())) {
+            let one = rate(1, per, run(1, per));
+            let two = rate(2, per, run(2, per));
+            rates.push((one, two));
         }
+    }
+    println!(
+        "\nThroughput, millions of calls/s ({machine} cores; one OS thread and current-thread runtime per \
+         thread; {ROUNDS} interleaved rounds, each run about {} ms; median, and the range over the rounds)",
+        RUN_FOR.as_millis()
+    );
+    println!("| stack | calls/thread/run | 1 thread | 2 threads | 2 / 1 | 2 / 1 range |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (((name, _), per), rates) in rows.iter().zip(&calls).zip(&rates) {
+        let ones: Vec<f64> = rates.iter().map(|r| r.0).collect();
+        let twos: Vec<f64> = rates.iter().map(|r| r.1).collect();
+        let ratios: Vec<f64> = rates.iter().map(|(one, two)| two / one).collect();
+        let (ratio, lo, hi) = spread(&ratios);
+        println!(
+            "| {name} | {per} | {:.2} | {:.2} | {ratio:.2}x | {lo:.2}x–{hi:.2}x |",
+            spread(&ones).0,
+            spread(&twos).0
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Criterion measures each case one after another; the tables printed after it measure every case of a
 //! table in interleaved rounds (each round runs every case once), so that the machine's drift hits every
-//! row alike, and they are the figures to quote.
+//! row alike, and they are the figures to quote. `-- skip-criterion` (a filter no criterion bench
+//! matches) prints the tables alone; `OVERHEAD_TABLES=per-layer,like,tracing` picks tables.
 
 mod common;
 
@@ -438,7 +439,6 @@ fn per_layer_table(rows: &mut [Row]) {
             )],
         );
     }
-
 }
 
 fn like_for_like_table(rt: &'static Runtime) {
@@ -469,7 +469,6 @@ fn like_for_like_table(rt: &'static Runtime) {
             ),
         ],
     );
-
 }
 
 fn tracing_table(rt: &'static Runtime) {

@@ -4,14 +4,12 @@
 //! event counts and divide the difference, so start-up work cancels out.
 //!
 //! ```sh
-//! cargo build --profile bench --example profile_manager   # as the benches build (fat LTO), or --release
+//! cargo build --release --example profile_manager   # as the benches and a dependent service build
 //! valgrind --tool=callgrind target/release/examples/profile_manager 100000
 //! valgrind --tool=callgrind target/release/examples/profile_manager 300000
 //! # (second total - first total) / 200000
 //! perf record -g target/release/examples/profile_manager 3000000   # where the time goes
 //! ```
-//!
-//! (Both profiles write to `target/release`.)
 //!
 //! Arguments: the number of events (default 3,000,000), then a mode: `wait` gives the listener a handler
 //! that waits once per event instead of one that succeeds at once; `hand` runs the same layers assembled

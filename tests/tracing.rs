@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use support::events::{event, scripted};
 use tower_listener::{
-    listener_fn, CircuitConfig, Event, ListenerConfig, ListenerManager, ManagerConfig, RetryPolicy,
+    listener_fn, CircuitConfig, DeadLetterConfig, Event, ListenerConfig, ListenerManager,
+    ManagerConfig, RetryPolicy,
 };
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
@@ -215,6 +216,40 @@ fn at_info_there_is_no_event_span_and_a_dead_letter_still_names_its_event() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].fields["event.id"], "e3");
     assert_eq!(dead[0].fields["listener"], "orders");
+}
+
+#[test]
+fn at_info_a_failure_without_dead_letters_is_warned_with_its_event_id() {
+    let capture = captured_at(LevelFilter::INFO, async {
+        let m = ListenerManager::new(ManagerConfig::default()).unwrap();
+        let (orders, _) = scripted("orders");
+        m.register(
+            orders,
+            ListenerConfig {
+                retry_policy: RetryPolicy::never(),
+                dead_letter: DeadLetterConfig::disabled(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        m.start().await.unwrap();
+        let _ = m.process("orders", event("e4", "fail", 0)).await;
+        m.stop(Duration::from_secs(1)).await.unwrap();
+    });
+
+    let events = capture.events.lock().unwrap();
+    let warned: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e.fields
+                .get("message")
+                .is_some_and(|m| m.contains("dead letters are disabled"))
+        })
+        .collect();
+    assert_eq!(warned.len(), 1);
+    assert_eq!(warned[0].target, "tower_listener::manager");
+    assert_eq!(warned[0].fields["event.id"], "e4");
+    assert_eq!(warned[0].fields["listener"], "orders");
 }
 
 #[test]

@@ -231,7 +231,12 @@ impl<R> DeadLetterLayer<R> {
         metrics: Arc<ListenerMetrics>,
         id_of: fn(&R) -> String,
     ) -> Result<Self, Error> {
-        Self::build(config, Arc::from(metrics.name()), Some(metrics), Some(id_of))
+        Self::build(
+            config,
+            Arc::from(metrics.name()),
+            Some(metrics),
+            Some(id_of),
+        )
     }
 
     fn build(

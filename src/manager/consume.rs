@@ -461,9 +461,10 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             metrics: &self.metrics,
         };
         let started = clock::now();
-        let (result, record) = WithAttempts::new(Lease::new(&*self.stack, event.clone()), &self.metrics)
-            .instrument(span.clone())
-            .await;
+        let (result, record) =
+            WithAttempts::new(Lease::new(&*self.stack, event.clone()), &self.metrics)
+                .instrument(span.clone())
+                .await;
         let latency = clock::now().saturating_duration_since(started);
         let error = match result {
             Ok(()) => {

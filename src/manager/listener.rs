@@ -319,7 +319,7 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
             Some(result) => {
                 if let Err(error) = &result {
                     if !self.dead_letters.config.enabled {
-                        span.in_scope(|| tracing::warn!(target: "tower_listener::manager", listener = %self.id, error = %error, "event failed; dead letters are disabled for this listener"));
+                        span.in_scope(|| tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), error = %error, "event failed; dead letters are disabled for this listener"));
                     }
                 }
                 result

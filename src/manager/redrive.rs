@@ -65,9 +65,11 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
                 report.undecodable += 1;
                 continue;
             };
-            let (result, record) =
-                WithAttempts::new(Lease::new(&*self.stack, letter.request.clone()), &self.metrics)
-                    .await;
+            let (result, record) = WithAttempts::new(
+                Lease::new(&*self.stack, letter.request.clone()),
+                &self.metrics,
+            )
+            .await;
             let error = match result {
                 Ok(()) => {
                     self.metrics.redriven(true);

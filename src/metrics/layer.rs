@@ -302,7 +302,12 @@ where
         let metrics = &**this.metrics;
         let Scope::Event = this.scope else {
             let result = ready!(this.inner.poll(cx)).map_err(|e| Error::from_boxed(e.into()));
-            let finished = Finished::new(*this.started, clock::now(), result.as_ref().map(|_| ()), true);
+            let finished = Finished::new(
+                *this.started,
+                clock::now(),
+                result.as_ref().map(|_| ()),
+                true,
+            );
             ATTEMPT_FINISHED.set(Some(finished));
             record_attempt(metrics, finished);
             return Poll::Ready(result);

@@ -342,7 +342,8 @@ impl ListenerMetrics {
     pub fn snapshot(&self) -> Stats {
         let state = self.circuit_state();
         // The histograms first, then the failures: a failure records its latency before it is counted.
-        let event_latency = LatencyHistogram::summary_of(&[&self.event_latency, &self.solo_latency]);
+        let event_latency =
+            LatencyHistogram::summary_of(&[&self.event_latency, &self.solo_latency]);
         let attempt_latency =
             LatencyHistogram::summary_of(&[&self.attempt_latency, &self.solo_latency]);
         let events_failed = self.sum(|c| &c.events_failed);
@@ -419,9 +420,9 @@ impl ListenerMetrics {
 
     /// A counter summed over the shards.
     fn sum(&self, counter: impl Fn(&Counts) -> &AtomicU64) -> u64 {
-        self.counts
-            .iter()
-            .fold(0u64, |sum, c| sum.wrapping_add(counter(c).load(Ordering::Relaxed)))
+        self.counts.iter().fold(0u64, |sum, c| {
+            sum.wrapping_add(counter(c).load(Ordering::Relaxed))
+        })
     }
 
     /// An event started: counted in flight on this thread's shard, returned for
