@@ -201,6 +201,61 @@ mod tests {
         assert_eq!((c.successes, c.failures), (1, 0));
     }
 
+    #[test]
+    fn an_older_record_does_not_reset_a_newer_bucket() {
+        let origin = Instant::now();
+        let window = SlidingWindow::new(Duration::from_secs(64), origin); // 1 s buckets
+                                                                          // Periods 71 and 7 share a bucket slot: a thread with a later clock reading has moved the slot to
+                                                                          // the newer period when one with an older reading records into it.
+        let newer = origin + Duration::from_millis(70_500);
+        let older = origin + Duration::from_millis(6_500);
+        window.record(newer, false);
+        window.record(newer, true);
+        window.record(older, false);
+        assert_eq!(
+            window.counts(newer),
+            WindowCounts {
+                successes: 1,
+                failures: 1
+            }
+        );
+        // The same slot in its own period still counts normally afterwards.
+        window.record(newer, false);
+        assert_eq!(window.counts(newer).failures, 2);
+    }
+
+    #[test]
+    fn out_of_order_readings_from_two_threads_never_lose_a_newer_count() {
+        // Thread A records at the newer period, thread B at the older one in the same slot, interleaved
+        // however the scheduler likes: every newer record is counted, no older one resets them.
+        for _ in 0..200 {
+            let origin = Instant::now();
+            let window = std::sync::Arc::new(SlidingWindow::new(Duration::from_secs(64), origin));
+            let newer = origin + Duration::from_millis(70_500);
+            let older = origin + Duration::from_millis(6_500);
+            window.record(newer, true);
+            let b = {
+                let window = window.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        window.record(older, false);
+                    }
+                })
+            };
+            for _ in 0..50 {
+                window.record(newer, true);
+            }
+            b.join().unwrap();
+            assert_eq!(
+                window.counts(newer),
+                WindowCounts {
+                    successes: 51,
+                    failures: 0
+                }
+            );
+        }
+    }
+
     proptest! {
         /// Against a model that keeps every call: the window never counts a call older than its length, and
         /// always counts every call younger than its length minus one bucket.

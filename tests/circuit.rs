@@ -108,6 +108,32 @@ async fn rejects_while_open_without_calling_the_inner_service() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_breaker_reports_the_time_left_and_it_falls_as_time_advances() {
+    let (handle, mut svc, _probe) = guarded(config(1));
+    assert_eq!(handle.retry_after(), None);
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(30)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(20)));
+    // A rejection carries the same figure (a source naks with it).
+    match send(&mut svc, Call::Ok).await {
+        Err(Error::CircuitOpen { retry_after }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(20)))
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    tokio::time::advance(Duration::from_millis(19_500)).await;
+    assert_eq!(handle.retry_after(), Some(Duration::from_millis(500)));
+    // Due: the next call is a probe, so nothing is left to wait for.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert_eq!(handle.retry_after(), None);
+    assert_eq!(handle.state(), CircuitState::Open);
+    // A failed probe reopens it for the full timeout again.
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.retry_after(), Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_first_call_after_the_timeout_is_admitted_as_a_probe() {
     let (handle, mut svc, probe) = guarded(config(1));
     let _ = send(&mut svc, Call::Fail).await;

@@ -415,3 +415,12 @@ async fn first_attempts_earn_retries_in_the_budget() {
     assert!(svc.clone().oneshot(Call::Fail).await.is_err());
     assert_eq!(probe.calls(), 1 + 3 + 1 + 2, "two budgeted retries");
 }
+
+#[test]
+fn a_budget_shows_its_settings() {
+    let budget = RetryBudget::new(Duration::from_secs(10), 2, 0.5).unwrap();
+    assert_eq!(
+        format!("{budget:?}"),
+        "RetryBudget { ttl: 10s, min_per_sec: 2, retry_percent: 0.5 }"
+    );
+}

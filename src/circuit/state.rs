@@ -295,6 +295,167 @@ mod tests {
         assert_eq!(a, Admission::Reject { retry_after: None });
     }
 
+    #[test]
+    fn a_trip_decided_before_a_reset_is_ignored() {
+        let t0 = Instant::now();
+        let mut m = StateMachine::new(true);
+        let before_reset = m.generation();
+        // A reset of a closed breaker starts a new generation: a window crossed before it is void.
+        assert!(m.force(CircuitState::Closed).is_some());
+        assert_eq!(m.trip(before_reset, t0, OPEN_FOR), None);
+        assert_eq!(m.state(), CircuitState::Closed);
+        assert_eq!(m.open_until(), None);
+        // The current generation still trips.
+        let current = m.generation();
+        let t = m.trip(current, t0, OPEN_FOR).unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Open));
+        // An open breaker is not tripped again, not even by its own generation: its timeout stands.
+        let open = m.generation();
+        assert_eq!(m.trip(open, t0 + Duration::from_secs(5), OPEN_FOR), None);
+        assert_eq!(m.generation(), open);
+        assert_eq!(m.open_until(), Some(t0 + OPEN_FOR));
+    }
+
+    #[test]
+    fn retry_after_is_the_time_left_and_falls_as_time_advances() {
+        let t0 = Instant::now();
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        m.trip(g, t0, OPEN_FOR).unwrap();
+        for (elapsed, left) in [(0, 30_000), (1, 29_999), (10_000, 20_000), (29_500, 500)] {
+            let (a, t) = m.admit(t0 + Duration::from_millis(elapsed), 1);
+            assert_eq!(
+                a,
+                Admission::Reject {
+                    retry_after: Some(Duration::from_millis(left))
+                },
+                "{elapsed} ms after opening"
+            );
+            assert_eq!(t, None);
+        }
+    }
+
+    #[test]
+    fn open_until_is_kept_only_while_open() {
+        let t0 = Instant::now();
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        m.trip(g, t0, OPEN_FOR).unwrap();
+        assert_eq!(m.open_until(), Some(t0 + OPEN_FOR));
+        // On the way to half-open the deadline is gone: a half-open breaker has none.
+        let (a, _) = m.admit(t0 + OPEN_FOR, 2);
+        let Admission::Probe { generation } = a else {
+            panic!("expected a probe, got {a:?}")
+        };
+        assert_eq!(m.state(), CircuitState::HalfOpen);
+        assert_eq!(m.open_until(), None);
+        // A failed probe reopens it with a new deadline from the probe's end.
+        let t1 = t0 + Duration::from_secs(45);
+        let t = m
+            .probe_finished(generation, CallOutcome::Failure, t1, 1, OPEN_FOR)
+            .unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+        assert_eq!(m.open_until(), Some(t1 + OPEN_FOR));
+        // Forced open has no deadline either.
+        m.force(CircuitState::ForcedOpen).unwrap();
+        assert_eq!(m.open_until(), None);
+    }
+
+    #[test]
+    fn a_half_open_breaker_closes_at_exactly_the_success_threshold() {
+        let t0 = Instant::now();
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        m.trip(g, t0, OPEN_FOR).unwrap();
+        let mut probes = Vec::new();
+        for _ in 0..3 {
+            if let (Admission::Probe { generation }, _) = m.admit(t0 + OPEN_FOR, 3) {
+                probes.push(generation);
+            }
+        }
+        assert_eq!(probes.len(), 3);
+        assert_eq!(m.probes_in_flight(), 3);
+        let now = t0 + OPEN_FOR;
+        assert_eq!(
+            m.probe_finished(probes[0], CallOutcome::Success, now, 2, OPEN_FOR),
+            None
+        );
+        assert_eq!(m.probes_in_flight(), 2);
+        let t = m
+            .probe_finished(probes[1], CallOutcome::Success, now, 2, OPEN_FOR)
+            .unwrap();
+        assert_eq!(
+            (t.from, t.to),
+            (CircuitState::HalfOpen, CircuitState::Closed)
+        );
+        // The third probe belongs to the half-open period that ended: ignored.
+        assert_eq!(
+            m.probe_finished(probes[2], CallOutcome::Failure, now, 2, OPEN_FOR),
+            None
+        );
+        assert_eq!(m.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn an_ignored_probe_gives_its_slot_back_without_counting() {
+        let t0 = Instant::now();
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        m.trip(g, t0, OPEN_FOR).unwrap();
+        let (Admission::Probe { generation }, _) = m.admit(t0 + OPEN_FOR, 1) else {
+            panic!("expected a probe")
+        };
+        assert_eq!(
+            m.admit(t0 + OPEN_FOR, 1).0,
+            Admission::Reject { retry_after: None }
+        );
+        let now = t0 + OPEN_FOR;
+        assert_eq!(
+            m.probe_finished(generation, CallOutcome::Ignored, now, 1, OPEN_FOR),
+            None
+        );
+        assert_eq!(m.probes_in_flight(), 0);
+        assert_eq!(m.state(), CircuitState::HalfOpen);
+        assert!(matches!(m.admit(now, 1).0, Admission::Probe { .. }));
+    }
+
+    #[test]
+    fn forcing_a_state_it_is_in_is_no_transition_except_a_reset() {
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        let t = m.force(CircuitState::Closed).unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::Closed, CircuitState::Closed));
+        assert_eq!(m.generation(), g + 1);
+        m.force(CircuitState::ForcedOpen).unwrap();
+        assert_eq!(m.force(CircuitState::ForcedOpen), None);
+        m.force(CircuitState::Disabled).unwrap();
+        assert_eq!(m.force(CircuitState::Disabled), None);
+        assert_eq!(m.state(), CircuitState::Disabled);
+        assert!(matches!(
+            m.admit(Instant::now(), 1).0,
+            Admission::Call { .. }
+        ));
+    }
+
+    #[test]
+    fn states_round_trip_through_u8_and_have_stable_names() {
+        let states = [
+            (CircuitState::Closed, "closed", false),
+            (CircuitState::Open, "open", true),
+            (CircuitState::HalfOpen, "half-open", false),
+            (CircuitState::ForcedOpen, "forced-open", true),
+            (CircuitState::Disabled, "disabled", false),
+        ];
+        for (state, name, open) in states {
+            assert_eq!(CircuitState::from_u8(state as u8), state);
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(state.is_open(), open, "{name}");
+        }
+        assert_eq!(CircuitState::from_u8(200), CircuitState::Closed);
+        assert_eq!(StateMachine::new(false).state(), CircuitState::Disabled);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Admit(u64),

@@ -108,3 +108,82 @@ impl Drop for Permit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    fn permits(limit: usize) -> Shared<Permits> {
+        Shared::new(Permits::new(limit))
+    }
+
+    /// True when a waiter arriving now would be woken at once (a wake-up stored in `freed`).
+    fn wakeup_stored(permits: &Permits) -> bool {
+        let notified = pin!(permits.freed.notified());
+        notified
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+    }
+
+    #[test]
+    fn permits_go_up_to_the_limit_and_each_comes_back_on_drop() {
+        let p = permits(2);
+        let a = p.try_acquire().unwrap();
+        assert_eq!(p.available(), 1);
+        let b = p.try_acquire().unwrap();
+        assert_eq!(p.available(), 0);
+        assert!(p.try_acquire().is_none());
+        drop(a);
+        assert_eq!(p.available(), 1);
+        let c = p.try_acquire().unwrap();
+        assert!(p.try_acquire().is_none());
+        drop((b, c));
+        assert_eq!(p.available(), 2);
+    }
+
+    #[test]
+    fn a_release_with_nobody_waiting_leaves_no_wakeup_behind() {
+        let p = permits(1);
+        drop(p.try_acquire().unwrap());
+        assert!(!wakeup_stored(&p));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_the_released_permit_and_stops_counting_as_waiting() {
+        let p = permits(1);
+        let held = p.try_acquire().unwrap();
+        let waiter = tokio::spawn(p.clone().acquire());
+        while p.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let permit = waiter.await.unwrap();
+        assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(p.available(), 0);
+        // Its release finds nobody waiting: no wake-up is left for a later waiter.
+        drop(permit);
+        assert_eq!(p.available(), 1);
+        assert!(!wakeup_stored(&p));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_stops_counting_as_waiting() {
+        let p = permits(1);
+        let held = p.try_acquire().unwrap();
+        let waiter = tokio::spawn(p.clone().acquire());
+        while p.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        match waiter.await {
+            Err(error) => assert!(error.is_cancelled()),
+            Ok(_) => panic!("the waiter got a permit that was held"),
+        }
+        assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
+        drop(held);
+        assert!(!wakeup_stored(&p));
+    }
+}

@@ -204,3 +204,156 @@ impl ManagerHealthThresholds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HealthStatus::*;
+
+    fn field(result: Result<(), Error>) -> Option<&'static str> {
+        match result {
+            Ok(()) => None,
+            Err(Error::InvalidConfig { field, .. }) => Some(field),
+            Err(other) => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    fn attempts(succeeded: u64, failed: u64) -> WindowedAttempts {
+        WindowedAttempts { succeeded, failed }
+    }
+
+    #[test]
+    fn listener_thresholds_accept_their_bounds_and_equal_values_and_refuse_the_rest() {
+        let rule = |degraded, unhealthy| {
+            field(
+                HealthThresholds {
+                    degraded,
+                    unhealthy,
+                }
+                .validate(),
+            )
+        };
+        // 0 <= degraded <= unhealthy <= 1, equality included at every step.
+        assert_eq!(rule(0.3, 0.3), None);
+        assert_eq!(rule(0.0, 0.0), None);
+        assert_eq!(rule(1.0, 1.0), None);
+        assert_eq!(rule(0.0, 1.0), None);
+        assert_eq!(rule(-0.01, 0.5), Some("health.degraded"));
+        assert_eq!(rule(1.01, 1.0), Some("health.degraded"));
+        assert_eq!(rule(f64::NAN, 0.5), Some("health.degraded"));
+        assert_eq!(rule(0.3, 0.29), Some("health.unhealthy"));
+        assert_eq!(rule(0.3, 1.01), Some("health.unhealthy"));
+        assert_eq!(rule(0.0, -0.01), Some("health.unhealthy"));
+        assert_eq!(rule(0.3, f64::NAN), Some("health.unhealthy"));
+    }
+
+    #[test]
+    fn a_listener_ratio_on_a_threshold_takes_the_documented_side() {
+        let rule = HealthThresholds {
+            degraded: 0.25,
+            unhealthy: 0.5,
+        };
+        let closed = CircuitState::Closed;
+        assert_eq!(rule.listener_health(closed, attempts(0, 0)), Healthy);
+        assert_eq!(rule.listener_health(closed, attempts(4, 0)), Healthy);
+        assert_eq!(rule.listener_health(closed, attempts(4, 1)), Healthy); // 0.2
+        assert_eq!(rule.listener_health(closed, attempts(3, 1)), Degraded); // 0.25: at degraded
+        assert_eq!(rule.listener_health(closed, attempts(1, 1)), Degraded); // 0.5: not above unhealthy
+        assert_eq!(rule.listener_health(closed, attempts(1, 2)), Unhealthy); // 0.67
+        assert_eq!(rule.listener_health(closed, attempts(0, 3)), Unhealthy);
+        for open in [CircuitState::Open, CircuitState::ForcedOpen] {
+            assert_eq!(rule.listener_health(open, attempts(0, 0)), CircuitOpen);
+            assert_eq!(rule.listener_health(open, attempts(9, 0)), CircuitOpen);
+        }
+        for admitting in [CircuitState::HalfOpen, CircuitState::Disabled] {
+            assert_eq!(rule.listener_health(admitting, attempts(9, 0)), Healthy);
+        }
+    }
+
+    #[test]
+    fn manager_thresholds_accept_their_bounds_and_refuse_the_rest() {
+        let rule = |healthy_share, unhealthy_share| {
+            field(
+                ManagerHealthThresholds {
+                    healthy_share,
+                    unhealthy_share,
+                }
+                .validate(),
+            )
+        };
+        // healthy_share in [0, 1], unhealthy_share in (0, 1]; the two are independent.
+        assert_eq!(rule(0.0, 1.0), None);
+        assert_eq!(rule(1.0, 1.0), None);
+        assert_eq!(rule(0.5, 0.5), None);
+        assert_eq!(rule(0.2, 0.9), None);
+        assert_eq!(rule(1.0, 0.001), None);
+        assert_eq!(rule(-0.01, 0.5), Some("health.healthy_share"));
+        assert_eq!(rule(1.01, 0.5), Some("health.healthy_share"));
+        assert_eq!(rule(f64::NAN, 0.5), Some("health.healthy_share"));
+        assert_eq!(rule(0.8, 0.0), Some("health.unhealthy_share"));
+        assert_eq!(rule(0.8, 1.01), Some("health.unhealthy_share"));
+        assert_eq!(rule(0.8, f64::NAN), Some("health.unhealthy_share"));
+    }
+
+    #[test]
+    fn a_manager_share_on_a_threshold_takes_the_documented_side() {
+        let rule = ManagerHealthThresholds {
+            healthy_share: 0.75,
+            unhealthy_share: 0.5,
+        };
+        assert_eq!(rule.manager_health([]), Healthy);
+        // Exactly 3 of 4 healthy is not fewer than 0.75: healthy.
+        assert_eq!(
+            rule.manager_health([Healthy, Healthy, Healthy, Degraded]),
+            Healthy
+        );
+        assert_eq!(
+            rule.manager_health([Healthy, Healthy, Degraded, Degraded]),
+            Degraded
+        );
+        // Exactly half unhealthy reaches 0.5: unhealthy; one in four does not.
+        assert_eq!(
+            rule.manager_health([Unhealthy, Unhealthy, Healthy, Healthy]),
+            Unhealthy
+        );
+        assert_eq!(
+            rule.manager_health([Unhealthy, Healthy, Healthy, Healthy]),
+            Healthy
+        );
+        assert_eq!(
+            rule.manager_health([Unhealthy, Degraded, Healthy, Healthy]),
+            Degraded
+        );
+        // Any open breaker wins, wherever it is.
+        assert_eq!(
+            rule.manager_health([Healthy, Healthy, CircuitOpen]),
+            CircuitOpen
+        );
+        assert_eq!(
+            rule.manager_health([CircuitOpen, Unhealthy, Unhealthy]),
+            CircuitOpen
+        );
+        // A healthy share of 0 never reports Degraded.
+        let lenient = ManagerHealthThresholds {
+            healthy_share: 0.0,
+            unhealthy_share: 1.0,
+        };
+        assert_eq!(lenient.manager_health([Degraded, Degraded]), Healthy);
+        assert_eq!(lenient.manager_health([Unhealthy, Degraded]), Healthy);
+        assert_eq!(lenient.manager_health([Unhealthy, Unhealthy]), Unhealthy);
+    }
+
+    #[test]
+    fn statuses_have_stable_names() {
+        let names = [
+            (Healthy, "healthy"),
+            (Degraded, "degraded"),
+            (Unhealthy, "unhealthy"),
+            (CircuitOpen, "circuit-open"),
+        ];
+        for (status, name) in names {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(status.to_string(), name);
+        }
+    }
+}

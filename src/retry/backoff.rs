@@ -181,6 +181,145 @@ mod tests {
 
     const D: Duration = Duration::from_millis(100);
 
+    /// `draws` delays from `jitter` with a seeded generator, sorted.
+    fn draws(jitter: Jitter, n: u32, previous: Duration, draws: usize) -> Vec<Duration> {
+        let mut rng = fastrand::Rng::with_seed(20261202);
+        let mut delays: Vec<Duration> = (0..draws)
+            .map(|_| {
+                retry_delay(
+                    Backoff::exponential(),
+                    jitter,
+                    D,
+                    None,
+                    n,
+                    previous,
+                    &mut rng,
+                )
+            })
+            .collect();
+        delays.sort();
+        delays
+    }
+
+    #[test]
+    fn jitter_spreads_delays_over_its_whole_range() {
+        // Attempt 3 of exponential backoff from 100 ms: 400 ms before jitter.
+        let base = Duration::from_millis(400);
+        let ranges = [
+            (Jitter::Full, Duration::ZERO, base),
+            (Jitter::Equal, base / 2, base),
+            // Decorrelated: between the initial delay and three times the previous one (here 400 ms).
+            (Jitter::Decorrelated, D, base * 3),
+        ];
+        for (jitter, low, high) in ranges {
+            let delays = draws(jitter, 3, base, 1_000);
+            let mut distinct = delays.clone();
+            distinct.dedup();
+            assert!(
+                distinct.len() > 990,
+                "{jitter:?}: {} distinct of 1000",
+                distinct.len()
+            );
+            let (first, last) = (delays[0], delays[delays.len() - 1]);
+            assert!(
+                first >= low && last <= high,
+                "{jitter:?}: {first:?}..{last:?}"
+            );
+            // Both ends of the range are reached (within 2 % of its width), and the middle is its middle.
+            let width = high - low;
+            assert!(first - low < width / 50, "{jitter:?}: lowest {first:?}");
+            assert!(high - last < width / 50, "{jitter:?}: highest {last:?}");
+            let median = delays[delays.len() / 2];
+            let middle = low + width / 2;
+            let off = median.abs_diff(middle);
+            assert!(
+                off < width / 10,
+                "{jitter:?}: median {median:?}, middle {middle:?}"
+            );
+        }
+        // No jitter: every draw is the backoff itself.
+        assert!(draws(Jitter::None, 3, base, 10).iter().all(|d| *d == base));
+    }
+
+    #[test]
+    fn uniform_on_an_empty_range_is_its_low_end() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let at = Duration::from_millis(250);
+        assert_eq!(uniform(&mut rng, at, at), at);
+        assert_eq!(uniform(&mut rng, at, Duration::from_millis(100)), at);
+        // A cap below the initial delay: decorrelated jitter is held to the cap.
+        let capped = retry_delay(
+            Backoff::Fixed,
+            Jitter::Decorrelated,
+            D,
+            Some(Duration::from_millis(50)),
+            4,
+            D,
+            &mut rng,
+        );
+        assert_eq!(capped, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn each_backoff_grows_as_documented() {
+        let delays = |b: Backoff| {
+            (0..=5)
+                .map(|n| b.delay(D, n).as_millis())
+                .collect::<Vec<_>>()
+        };
+        // Attempt 0 counts as the first.
+        assert_eq!(delays(Backoff::Fixed), [100, 100, 100, 100, 100, 100]);
+        assert_eq!(delays(Backoff::Linear), [100, 100, 200, 300, 400, 500]);
+        assert_eq!(delays(Backoff::Quadratic), [100, 100, 400, 900, 1600, 2500]);
+        assert_eq!(
+            delays(Backoff::exponential()),
+            [100, 100, 200, 400, 800, 1600]
+        );
+        assert_eq!(
+            delays(Backoff::Exponential { factor: 1.5 }),
+            [100, 100, 150, 225, 337, 506]
+        );
+    }
+
+    #[test]
+    fn exponential_backoff_saturates_exactly_at_the_largest_duration_it_can_hold() {
+        // 2^33 ns doubled 31 times is 2^64 ns: one past u64::MAX nanoseconds, so the maximum.
+        let initial = Duration::from_nanos(1 << 33);
+        assert_eq!(Backoff::exponential().delay(initial, 32), Duration::MAX);
+        // One doubling less fits in nanoseconds, and is exact.
+        assert_eq!(
+            Backoff::exponential().delay(initial, 31),
+            Duration::from_nanos(1 << 63)
+        );
+        assert_eq!(Backoff::Linear.delay(Duration::MAX, 2), Duration::MAX);
+        assert_eq!(Backoff::Quadratic.delay(D, u32::MAX), Duration::MAX);
+    }
+
+    #[test]
+    fn backoffs_and_jitters_have_stable_names() {
+        let backoffs = [
+            (Backoff::Fixed, "fixed"),
+            (Backoff::Linear, "linear"),
+            (Backoff::exponential(), "exponential"),
+            (Backoff::Quadratic, "quadratic"),
+        ];
+        for (backoff, name) in backoffs {
+            assert_eq!(backoff.as_str(), name);
+            assert_eq!(backoff.to_string(), name);
+        }
+        let jitters = [
+            (Jitter::None, "none"),
+            (Jitter::Full, "full"),
+            (Jitter::Equal, "equal"),
+            (Jitter::Decorrelated, "decorrelated"),
+        ];
+        for (jitter, name) in jitters {
+            assert_eq!(jitter.as_str(), name);
+        }
+        assert_eq!(Backoff::default(), Backoff::exponential());
+        assert_eq!(Jitter::default(), Jitter::None);
+    }
+
     proptest! {
         #[test]
         fn every_jitter_stays_inside_its_bounds(seed: u64, n in 1u32..40, cap_ms in 100u64..60_000,

@@ -272,6 +272,41 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_shows_its_event_id_or_why_it_did_not_decode_and_where_it_came_from() {
+        let origin = Origin::new("memory", "orders", "17");
+        let delivery = Delivery {
+            payload: Ok(Event::new("o-1", "order.created", serde_json::json!({}))),
+            origin: origin.clone(),
+            acker: (),
+        };
+        let shown = format!("{delivery:?}");
+        assert!(shown.starts_with("Delivery {"), "{shown}");
+        assert!(shown.contains("Ok(\"o-1\")"), "{shown}");
+        assert!(
+            shown.contains("\"orders\"") && shown.contains("\"17\""),
+            "{shown}"
+        );
+        let malformed: Delivery<serde_json::Value, ()> = Delivery {
+            payload: Err(Malformed {
+                raw: b"{".to_vec(),
+                error: "EOF while parsing".into(),
+            }),
+            origin,
+            acker: (),
+        };
+        assert!(format!("{malformed:?}").contains("Err(\"EOF while parsing\")"));
+    }
+
+    #[test]
+    fn capabilities_name_their_nak_granularity() {
+        assert_eq!(Capabilities::exact().nak_granularity, Duration::ZERO);
+        assert_eq!(
+            Capabilities::nak_granularity(Duration::from_millis(250)).nak_granularity,
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
     fn delays_are_validated_by_name() {
         let bad = SettlementDelays {
             overloaded: Duration::ZERO,
