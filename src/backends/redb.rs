@@ -509,14 +509,7 @@ where
                     raw.value(),
                 ));
             }
-            let next = match page.last() {
-                Some(last) if more => Some(Cursor::new(last.id.as_str())),
-                _ => None,
-            };
-            Ok(LetterPage {
-                letters: page,
-                next,
-            })
+            Ok(LetterPage::of(page, more))
         })
     }
 

@@ -414,14 +414,7 @@ impl<T> DeadLetterQueue<Event<T>> {
             .map(|(id, entry)| stored(*id, entry))
             .collect();
         let more = matching.next().is_some();
-        let next = match page.last() {
-            Some(last) if more => Some(Cursor::new(last.id.as_str())),
-            _ => None,
-        };
-        LetterPage {
-            letters: page,
-            next,
-        }
+        LetterPage::of(page, more)
     }
 }
 

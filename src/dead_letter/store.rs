@@ -218,6 +218,18 @@ pub struct LetterPage<T> {
     pub next: Option<Cursor>,
 }
 
+impl<T> LetterPage<T> {
+    /// A page of `letters`, the first of their listing's order; `more` when letters follow them, so that
+    /// the next page starts after the last of these.
+    pub(crate) fn of(letters: Vec<StoredLetter<T>>, more: bool) -> Self {
+        let next = match letters.last() {
+            Some(last) if more => Some(Cursor::new(last.id.as_str())),
+            _ => None,
+        };
+        LetterPage { letters, next }
+    }
+}
+
 /// The set of letters being redriven in this process: a redrive claims each letter before it runs it,
 /// so two redrives at once never run one letter twice. Stores keep one and hand out [`Claim`]s from it.
 #[derive(Clone, Default)]

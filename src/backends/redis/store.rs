@@ -374,11 +374,7 @@ where
                 true
             })
             .await?;
-            let next = match letters.last() {
-                Some(last) if more => Some(Cursor::new(last.id.as_str())),
-                _ => None,
-            };
-            Ok(LetterPage { letters, next })
+            Ok(LetterPage::of(letters, more))
         })
     }
 
