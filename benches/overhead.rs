@@ -16,9 +16,9 @@ use criterion::Criterion;
 use tokio::runtime::Runtime;
 use tower::{Layer, Service};
 use tower_listener::{
-    CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig, ConcurrencyLimitLayer, DeadLetterLayer,
-    DeadLetterQueue, Event, LimitMode, ListenerConfig, ListenerManager, ListenerMetrics,
-    ManagerConfig, MetricsLayer, RetryLayer, RetryPolicy, TimeoutLayer,
+    CircuitBreakerLayer, CircuitConfig, ConcurrencyConfig, ConcurrencyLimitLayer, DeadLetterConfig,
+    DeadLetterLayer, DeadLetterQueue, Event, LimitMode, ListenerConfig, ListenerManager,
+    ListenerMetrics, ManagerConfig, MetricsLayer, RetryLayer, RetryPolicy, TimeoutLayer,
 };
 
 /// Rounds of each interleaved table, and calls per case per round.
@@ -212,12 +212,47 @@ fn like_for_like(rt: &'static Runtime) -> Vec<Row> {
             ..Default::default()
         },
     );
+    let without = |name: &str, circuit: bool, dead_letters: bool| {
+        manager_case(
+            rt,
+            name,
+            ListenerConfig {
+                circuit: if circuit {
+                    CircuitConfig::default()
+                } else {
+                    CircuitConfig::disabled()
+                },
+                dead_letter: if dead_letters {
+                    DeadLetterConfig::default()
+                } else {
+                    DeadLetterConfig::disabled()
+                },
+                ..Default::default()
+            },
+        )
+        .1
+    };
     vec![
         ("bare no-op service", "the baseline", case(rt, noop())),
         (
             "ours, manager.process",
             "count-mode breaker (the default)",
             manager,
+        ),
+        (
+            "ours, manager.process, breaker off",
+            "`CircuitConfig::disabled()`",
+            without("like-no-breaker", false, true),
+        ),
+        (
+            "ours, manager.process, dead letters off",
+            "`DeadLetterConfig::disabled()`",
+            without("like-no-letters", true, false),
+        ),
+        (
+            "ours, manager.process, both off",
+            "both disabled; their layers stay in the stack",
+            without("like-neither", false, false),
         ),
         (
             "ours, manager.process, rate mode",
@@ -228,6 +263,11 @@ fn like_for_like(rt: &'static Runtime) -> Vec<Row> {
             "ours, by hand",
             "count-mode breaker",
             case(rt, stacks::ours()),
+        ),
+        (
+            "ours, by hand, no breaker or dead-letter layer",
+            "the layers plain tower has, with our metrics",
+            case(rt, stacks::ours_without_breaker_and_letters()),
         ),
         (
             "ours, by hand, rate mode",
@@ -463,8 +503,23 @@ fn like_for_like_table(rt: &'static Runtime) {
                 "tower-resilience, sharded histogram",
             ),
             (
+                "ours, manager.process / plain tower, sharded histogram",
+                "ours, manager.process",
+                "plain tower, sharded histogram",
+            ),
+            (
+                "ours, manager.process, breaker and dead letters off / plain tower, sharded histogram",
+                "ours, manager.process, both off",
+                "plain tower, sharded histogram",
+            ),
+            (
                 "ours, by hand / plain tower, sharded histogram",
                 "ours, by hand",
+                "plain tower, sharded histogram",
+            ),
+            (
+                "ours, by hand without breaker and dead letters / plain tower, sharded histogram",
+                "ours, by hand, no breaker or dead-letter layer",
                 "plain tower, sharded histogram",
             ),
         ],

@@ -183,6 +183,32 @@ pub mod stacks {
         ours_with(CircuitConfig::default())
     }
 
+    /// [`ours`] without the breaker and dead-letter layers: the layers plain tower has (retry, limit,
+    /// timeout), with our metrics and panic catcher.
+    pub fn ours_without_breaker_and_letters() -> impl Service<
+        Event,
+        Response = (),
+        Error = Error,
+        Future = impl Future<Output = Result<(), Error>> + Send,
+    > + Clone
+           + Send
+           + Sync
+           + 'static {
+        let metrics = Arc::new(ListenerMetrics::new("bench"));
+        ServiceBuilder::new()
+            .layer(MetricsLayer::per_event(metrics.clone()))
+            .layer(RetryLayer::with_metrics(RetryPolicy::default(), metrics.clone()).unwrap())
+            .layer(
+                ConcurrencyLimitLayer::new(10)
+                    .unwrap()
+                    .with_metrics(metrics.clone()),
+            )
+            .layer(MetricsLayer::per_attempt(metrics))
+            .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap())
+            .layer(CatchPanicLayer)
+            .service(noop())
+    }
+
     /// [`ours`] with the breaker configured by `circuit`.
     pub fn ours_with(
         circuit: CircuitConfig,
