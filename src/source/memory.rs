@@ -1,6 +1,6 @@
 //! [`MemorySource`]: a broker in memory with the settlement contract of a real one, for tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,9 +67,14 @@ struct Shared<T> {
     arrived: Notify,
 }
 
+/// Every message is in exactly one of `ready` (deliverable now, taken in sequence order) and `waiting`
+/// (keyed by when it becomes deliverable: a delayed nak, a delivery's ack wait), so a pull visits what it
+/// delivers and what has come due, not every message held by a delivery.
 struct State<T> {
     next: u64,
     messages: BTreeMap<u64, Message<T>>,
+    ready: BTreeSet<u64>,
+    waiting: BTreeSet<(Instant, u64)>,
     counts: MemorySettlements,
 }
 
@@ -80,6 +85,60 @@ struct Message<T> {
     ready_at: Instant,
     /// Held by a delivery until then (redelivered after it).
     held_until: Option<Instant>,
+    /// Its key in `waiting`, or `None` while it is in `ready`.
+    waiting_until: Option<Instant>,
+}
+
+impl<T> Message<T> {
+    /// When it can be delivered (again).
+    fn free_at(&self) -> Instant {
+        match self.held_until {
+            Some(until) => until.max(self.ready_at),
+            None => self.ready_at,
+        }
+    }
+}
+
+impl<T> State<T> {
+    /// Files message `seq` under its current `free_at`, wherever it was filed before.
+    fn schedule(&mut self, seq: u64) {
+        let Some(message) = self.messages.get_mut(&seq) else {
+            return;
+        };
+        match message.waiting_until.take() {
+            Some(until) => self.waiting.remove(&(until, seq)),
+            None => self.ready.remove(&seq),
+        };
+        let free_at = message.free_at();
+        message.waiting_until = Some(free_at);
+        self.waiting.insert((free_at, seq));
+    }
+
+    /// Removes message `seq` for good (acked or termed); whether it was still there.
+    fn remove(&mut self, seq: u64) -> bool {
+        let Some(message) = self.messages.remove(&seq) else {
+            return false;
+        };
+        match message.waiting_until {
+            Some(until) => self.waiting.remove(&(until, seq)),
+            None => self.ready.remove(&seq),
+        };
+        true
+    }
+
+    /// Moves what has come due by `now` from `waiting` to `ready`.
+    fn promote(&mut self, now: Instant) {
+        while let Some(&(until, seq)) = self.waiting.first() {
+            if until > now {
+                return;
+            }
+            self.waiting.pop_first();
+            if let Some(message) = self.messages.get_mut(&seq) {
+                message.waiting_until = None;
+                self.ready.insert(seq);
+            }
+        }
+    }
 }
 
 /// What a [`MemorySource`] has seen settled, by kind.
@@ -116,6 +175,8 @@ impl<T> MemorySource<T> {
                 state: Mutex::new(State {
                     next: 1,
                     messages: BTreeMap::new(),
+                    ready: BTreeSet::new(),
+                    waiting: BTreeSet::new(),
                     counts: MemorySettlements::default(),
                 }),
                 arrived: Notify::new(),
@@ -139,8 +200,10 @@ impl<T> MemorySource<T> {
                     delivered: 0,
                     ready_at: Instant::now(),
                     held_until: None,
+                    waiting_until: None,
                 },
             );
+            state.ready.insert(seq);
             seq
         };
         self.shared.arrived.notify_waiters();
@@ -238,21 +301,18 @@ impl<T: Send + Sync + 'static> MemorySource<T> {
     fn take(&self, max: usize) -> (Vec<Delivery<T, MemoryAcker<T>>>, Option<Instant>) {
         let now = Instant::now();
         let mut state = self.lock();
+        state.promote(now);
         let mut batch = Vec::new();
-        let mut next_ready: Option<Instant> = None;
-        let mut counts = state.counts;
-        for (&seq, message) in state.messages.iter_mut() {
-            let free_at = match message.held_until {
-                Some(until) => until.max(message.ready_at),
-                None => message.ready_at,
+        while batch.len() < max {
+            let Some(seq) = state.ready.pop_first() else {
+                break;
             };
-            if free_at > now {
-                next_ready = Some(next_ready.map_or(free_at, |n| n.min(free_at)));
+            let State {
+                messages, counts, ..
+            } = &mut *state;
+            let Some(message) = messages.get_mut(&seq) else {
                 continue;
-            }
-            if batch.len() == max {
-                continue;
-            }
+            };
             message.delivered += 1;
             message.held_until = Some(now + self.shared.ack_wait);
             counts.delivered += 1;
@@ -263,18 +323,21 @@ impl<T: Send + Sync + 'static> MemorySource<T> {
                 Ok(event) => Ok(event.clone()),
                 Err(malformed) => Err(malformed.clone()),
             };
+            let delivered = message.delivered;
             batch.push(Delivery {
                 payload,
                 origin: Origin::new("memory", self.shared.name.as_str(), seq.to_string())
-                    .delivered(message.delivered),
+                    .delivered(delivered),
                 acker: MemoryAcker {
                     shared: self.shared.clone(),
                     seq,
-                    delivery: message.delivered,
+                    delivery: delivered,
                 },
             });
+            // Held now: it waits for its ack wait.
+            state.schedule(seq);
         }
-        state.counts = counts;
+        let next_ready = state.waiting.first().map(|&(until, _)| until);
         (batch, next_ready)
     }
 }
@@ -302,7 +365,7 @@ impl<T: Send + Sync + 'static> MemoryAcker<T> {
 impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
     async fn ack(&self) -> Result<(), Error> {
         self.settle(|state, seq, _| {
-            if state.messages.remove(&seq).is_some() {
+            if state.remove(seq) {
                 state.counts.acked += 1;
             }
         })
@@ -315,6 +378,7 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
                     message.held_until = None;
                     message.ready_at = Instant::now() + delay.unwrap_or_default();
                     state.counts.naked += 1;
+                    state.schedule(seq);
                 }
             }
         })
@@ -322,7 +386,7 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
 
     async fn term(&self) -> Result<(), Error> {
         self.settle(|state, seq, _| {
-            if state.messages.remove(&seq).is_some() {
+            if state.remove(seq) {
                 state.counts.termed += 1;
             }
         })
@@ -335,8 +399,121 @@ impl<T: Send + Sync + 'static> Acker for MemoryAcker<T> {
                 if message.delivered == delivery && message.held_until.is_some() {
                     message.held_until = Some(Instant::now() + ack_wait);
                     state.counts.progressed += 1;
+                    state.schedule(seq);
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Batch = Vec<Delivery<u32, MemoryAcker<u32>>>;
+
+    fn ids(batch: &Batch) -> Vec<String> {
+        batch
+            .iter()
+            .map(|d| d.payload.as_ref().map_or("?", |e| e.id()).to_owned())
+            .collect()
+    }
+
+    fn publish(source: &MemorySource<u32>, n: u32) {
+        for i in 0..n {
+            source.publish(Event::new(format!("e{i}"), "t", i));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_messages_go_out_in_sequence_order_and_a_nak_keeps_its_place() {
+        let mut source = MemorySource::<u32>::with_ack_wait("order", Duration::from_secs(30));
+        publish(&source, 5);
+        let first = source.pull(2).await.unwrap();
+        assert_eq!(ids(&first), ["e0", "e1"]);
+        // e1 comes back at once; it is older than e2..e4, so it goes out before them.
+        first[1].acker.nak(None).await.unwrap();
+        let second = source.pull(10).await.unwrap();
+        assert_eq!(ids(&second), ["e1", "e2", "e3", "e4"]);
+        assert_eq!(second[0].origin.delivered, 2);
+        // Everything is held now: nothing to pull until the ack wait runs out.
+        assert!(source.pull(10).await.unwrap().is_empty());
+        assert_eq!(source.in_flight(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_message_comes_back_after_its_ack_wait_and_progress_extends_it() {
+        let mut source = MemorySource::<u32>::with_ack_wait("held", Duration::from_secs(30));
+        publish(&source, 2);
+        let batch = source.pull(10).await.unwrap();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        batch[1].acker.progress().await.unwrap(); // e1 held until 50 s
+        tokio::time::advance(Duration::from_secs(11)).await; // 31 s
+        let again = source.pull(10).await.unwrap();
+        assert_eq!(ids(&again), ["e0"]);
+        tokio::time::advance(Duration::from_secs(20)).await; // 51 s
+        let last = source.pull(10).await.unwrap();
+        assert_eq!(ids(&last), ["e1"]);
+        assert_eq!(source.settlements().redelivered, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_nak_waits_its_delay_and_settled_messages_never_return() {
+        let mut source = MemorySource::<u32>::with_ack_wait("delay", Duration::from_secs(30));
+        publish(&source, 3);
+        let batch = source.pull(10).await.unwrap();
+        batch[0]
+            .acker
+            .nak(Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        batch[1].acker.ack().await.unwrap();
+        batch[2].acker.term().await.unwrap();
+        // A stale settlement of a settled message changes nothing.
+        batch[1].acker.nak(None).await.unwrap();
+        assert_eq!(source.pending(), 1);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(source.pull(10).await.unwrap().is_empty()); // waited out the pull's 100 ms only
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let again = source.pull(10).await.unwrap();
+        assert_eq!(ids(&again), ["e0"]);
+        again[0].acker.ack().await.unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(source.pull(10).await.unwrap().is_empty());
+        assert_eq!(source.pending(), 0);
+        let State { ready, waiting, .. } = &*source.lock();
+        assert!(ready.is_empty() && waiting.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_that_waits_wakes_when_a_held_message_comes_due() {
+        let mut source = MemorySource::<u32>::with_ack_wait("wake", Duration::from_millis(50));
+        publish(&source, 1);
+        let first = source.pull(1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        // Within the pull's own wait (100 ms), the message's ack wait (50 ms) runs out.
+        let again = source.pull(1).await.unwrap();
+        assert_eq!(ids(&again), ["e0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_held_messages_leave_the_rest_deliverable_in_order() {
+        let mut source = MemorySource::<u32>::with_ack_wait("many", Duration::from_secs(30));
+        publish(&source, 10_000);
+        let mut seen = 0;
+        loop {
+            let batch = source.pull(64).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for delivery in &batch {
+                assert_eq!(delivery.payload.as_ref().unwrap().id(), format!("e{seen}"));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 10_000);
+        assert_eq!(source.in_flight(), 10_000);
+        let State { ready, waiting, .. } = &*source.lock();
+        assert_eq!((ready.len(), waiting.len()), (0, 10_000));
     }
 }
