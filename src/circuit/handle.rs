@@ -84,6 +84,16 @@ impl Breaker {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Now, on the breaker's scale (nanoseconds since it was made).
+    pub(crate) fn now(&self) -> u64 {
+        self.nanos(clock::now())
+    }
+
+    /// The time since `started`, a reading of [`now`](Self::now).
+    pub(crate) fn since(&self, started: u64) -> Duration {
+        Duration::from_nanos(self.now().saturating_sub(started))
+    }
+
     #[inline]
     pub(crate) fn state(&self) -> CircuitState {
         // Acquire pairs with the Release store in `apply`, so a reader that sees a state also sees the

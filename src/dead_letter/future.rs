@@ -23,8 +23,19 @@ pin_project! {
     enum State<F> {
         Running { #[pin] future: F },
         Passthrough { #[pin] future: F },
-        Sending { sending: SinkFuture, error: Option<Error>, reason: DeadLetterReason, attempts: u32, id: Option<String> },
+        // Boxed: only an event being dead-lettered gets here (its letter is allocated anyway), while
+        // every event's future is as large as its largest state.
+        Sending { letter: Box<Sending> },
     }
+}
+
+/// A letter on its way to the sink, with what the event's end reports about it.
+struct Sending {
+    sending: SinkFuture,
+    error: Option<Error>,
+    reason: DeadLetterReason,
+    attempts: u32,
+    id: Option<String>,
 }
 
 pin_project! {
@@ -211,11 +222,13 @@ where
                     };
                     match catch_unwind(AssertUnwindSafe(|| sink.send(letter))) {
                         Ok(sending) => this.state.set(State::Sending {
-                            sending,
-                            error: Some(error),
-                            reason,
-                            attempts,
-                            id,
+                            letter: Box::new(Sending {
+                                sending,
+                                error: Some(error),
+                                reason,
+                                attempts,
+                                id,
+                            }),
                         }),
                         Err(_) => {
                             shared.sink_panicked();
@@ -223,13 +236,14 @@ where
                         }
                     }
                 }
-                StateProj::Sending {
-                    sending,
-                    error,
-                    reason,
-                    attempts,
-                    id,
-                } => {
+                StateProj::Sending { letter } => {
+                    let Sending {
+                        sending,
+                        error,
+                        reason,
+                        attempts,
+                        id,
+                    } = &mut **letter;
                     let shared = &**this.shared;
                     let outcome = match catch_unwind(AssertUnwindSafe(|| sending.as_mut().poll(cx)))
                     {

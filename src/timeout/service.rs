@@ -12,12 +12,16 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
-    limit: Duration,
+    /// The limit in nanoseconds (it is at most a year): what each attempt's future keeps.
+    limit: u64,
 }
 
 impl<S> Timeout<S> {
     pub(crate) fn new(inner: S, limit: Duration) -> Self {
-        Timeout { inner, limit }
+        Timeout {
+            inner,
+            limit: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+        }
     }
 }
 
