@@ -16,9 +16,13 @@ use std::sync::Arc;
 
 use crate::metrics::{shard_count, thread_shard};
 
-/// One thread shard's reference to the shared state; aligned so that two anchors never share a cache line.
+/// One thread shard's reference to the shared state, and that shard's index; aligned so that two anchors
+/// never share a cache line.
 #[repr(align(128))]
-struct Anchor<T>(Arc<T>);
+struct Anchor<T> {
+    state: Arc<T>,
+    shard: usize,
+}
 
 /// Shared state `T` with a reference-counted anchor per thread shard. Derefs to `T`.
 pub(crate) struct Shared<T> {
@@ -28,9 +32,20 @@ pub(crate) struct Shared<T> {
 
 impl<T> Shared<T> {
     pub(crate) fn new(arc: Arc<T>) -> Self {
+        Self::with_shards(arc, shard_count())
+    }
+
+    /// With `shards` anchors (a power of two), for state kept in as many shards of its own.
+    pub(crate) fn with_shards(arc: Arc<T>, shards: usize) -> Self {
+        debug_assert!(shards.is_power_of_two());
         Shared {
-            anchors: (0..shard_count())
-                .map(|_| Arc::new(Anchor(arc.clone())))
+            anchors: (0..shards)
+                .map(|shard| {
+                    Arc::new(Anchor {
+                        state: arc.clone(),
+                        shard,
+                    })
+                })
                 .collect(),
             arc,
         }
@@ -39,7 +54,14 @@ impl<T> Shared<T> {
     /// A handle for a future made on this thread: it counts a reference on this thread's anchor only.
     #[inline]
     pub(crate) fn handle(&self) -> Handle<T> {
-        Handle(self.anchors[thread_shard(self.anchors.len())].clone())
+        self.handle_at(thread_shard(self.anchors.len()))
+    }
+
+    /// A handle on shard `shard`'s anchor: for state that is itself kept per shard, where a future may
+    /// take its part from another thread's shard.
+    #[inline]
+    pub(crate) fn handle_at(&self, shard: usize) -> Handle<T> {
+        Handle(self.anchors[shard].clone())
     }
 
     /// The state's own `Arc`.
@@ -86,6 +108,14 @@ impl<T> Deref for Handle<T> {
 
     #[inline]
     fn deref(&self) -> &T {
-        &self.0 .0
+        &self.0.state
+    }
+}
+
+impl<T> Handle<T> {
+    /// The shard of the anchor this handle counts on.
+    #[inline]
+    pub(crate) fn shard(&self) -> usize {
+        self.0.shard
     }
 }

@@ -132,7 +132,7 @@ impl ConcurrencyLimitLayer {
         let config = config.into();
         config.validate()?;
         Ok(ConcurrencyLimitLayer {
-            permits: Shared::new(Permits::new(config.limit)),
+            permits: Permits::shared(config.limit),
             config,
             metrics: None,
         })
