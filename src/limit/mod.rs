@@ -14,14 +14,15 @@
 //! reject without waiting for it. The uncontended path takes a permit with one atomic operation and
 //! allocates nothing; a call that has to wait allocates its waiting future once.
 //!
-//! **Cancellation**: dropping the response future while it waits leaves the semaphore's queue; dropping it
+//! **Cancellation**: dropping the response future while it waits stops its wait; dropping it
 //! while it runs drops the inner future and releases the permit.
 //!
 //! Written here rather than taken from tower: `tower::limit::ConcurrencyLimit` holds a permit from
 //! `poll_ready` until `call` (a ready clone starves the others), allocates when cloned, and has no reject or
 //! bounded-wait mode; and tokio's `Semaphore` under it takes a mutex on every release. The permit count here
-//! is one atomic (see the `permits` module); waiters wait on a `tokio::sync::Notify`, and a waiter may be
-//! overtaken by a newly arriving call (not strictly FIFO).
+//! is kept per thread shard, each shard's part one atomic (see the `permits` module): the limit holds
+//! exactly, and threads taking permits at once do not write a common cache line. Waiters wait on a
+//! `tokio::sync::Notify`, and a waiter may be overtaken by a newly arriving call (not strictly FIFO).
 
 mod future;
 mod layer;

@@ -190,6 +190,19 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_takes_its_own_shard_first_then_the_next_ones_in_turn() {
+        let p = permits(4 * shard_count());
+        let shards = p.shards.len();
+        let home = thread_shard(shards);
+        let taken: Vec<Permit> = (0..p.limit).map(|_| p.try_acquire().unwrap()).collect();
+        let order: Vec<usize> = taken.iter().map(|permit| permit.permits.shard()).collect();
+        let expected: Vec<usize> = (0..shards)
+            .flat_map(|step| std::iter::repeat_n((home + step) % shards, 4))
+            .collect();
+        assert_eq!(order, expected);
+    }
+
+    #[test]
     fn one_thread_takes_the_whole_limit_from_every_shard_and_gives_each_permit_back_where_it_came_from(
     ) {
         let p = permits(10);
