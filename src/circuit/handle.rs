@@ -108,10 +108,7 @@ impl Breaker {
         match self.state() {
             CircuitState::ForcedOpen => Some(Duration::MAX),
             CircuitState::Open => {
-                let (now, until) = (
-                    self.nanos(clock::now()),
-                    self.open_until.load(Ordering::Acquire),
-                );
+                let (now, until) = (self.now(), self.open_until.load(Ordering::Acquire));
                 (now < until).then(|| Duration::from_nanos(until - now))
             }
             _ => None,
@@ -122,9 +119,7 @@ impl Breaker {
     pub(crate) fn rejects_now(&self) -> bool {
         match self.state() {
             CircuitState::ForcedOpen => true,
-            CircuitState::Open => {
-                self.nanos(clock::now()) < self.open_until.load(Ordering::Acquire)
-            }
+            CircuitState::Open => self.now() < self.open_until.load(Ordering::Acquire),
             _ => false,
         }
     }
@@ -154,7 +149,7 @@ impl Breaker {
             }
             CircuitState::ForcedOpen => return Err(self.reject(None)),
             CircuitState::Open => {
-                let now = self.nanos(clock::now());
+                let now = self.now();
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
                     return Err(self.reject(Some(Duration::from_nanos(until - now))));

@@ -275,6 +275,14 @@ mod tests {
 
     const OPEN_FOR: Duration = Duration::from_secs(30);
 
+    /// A breaker tripped open at `t0` for [`OPEN_FOR`].
+    fn opened_at(t0: Instant) -> StateMachine {
+        let mut m = StateMachine::new(true);
+        let g = m.generation();
+        m.trip(g, t0, OPEN_FOR).unwrap();
+        m
+    }
+
     #[test]
     fn the_call_after_the_timeout_is_admitted_as_a_probe() {
         let t0 = Instant::now();
@@ -319,9 +327,7 @@ mod tests {
     #[test]
     fn retry_after_is_the_time_left_and_falls_as_time_advances() {
         let t0 = Instant::now();
-        let mut m = StateMachine::new(true);
-        let g = m.generation();
-        m.trip(g, t0, OPEN_FOR).unwrap();
+        let mut m = opened_at(t0);
         for (elapsed, left) in [(0, 30_000), (1, 29_999), (10_000, 20_000), (29_500, 500)] {
             let (a, t) = m.admit(t0 + Duration::from_millis(elapsed), 1);
             assert_eq!(
@@ -338,9 +344,7 @@ mod tests {
     #[test]
     fn open_until_is_kept_only_while_open() {
         let t0 = Instant::now();
-        let mut m = StateMachine::new(true);
-        let g = m.generation();
-        m.trip(g, t0, OPEN_FOR).unwrap();
+        let mut m = opened_at(t0);
         assert_eq!(m.open_until(), Some(t0 + OPEN_FOR));
         // On the way to half-open the deadline is gone: a half-open breaker has none.
         let (a, _) = m.admit(t0 + OPEN_FOR, 2);
@@ -364,9 +368,7 @@ mod tests {
     #[test]
     fn a_half_open_breaker_closes_at_exactly_the_success_threshold() {
         let t0 = Instant::now();
-        let mut m = StateMachine::new(true);
-        let g = m.generation();
-        m.trip(g, t0, OPEN_FOR).unwrap();
+        let mut m = opened_at(t0);
         let mut probes = Vec::new();
         for _ in 0..3 {
             if let (Admission::Probe { generation }, _) = m.admit(t0 + OPEN_FOR, 3) {
@@ -399,9 +401,7 @@ mod tests {
     #[test]
     fn an_ignored_probe_gives_its_slot_back_without_counting() {
         let t0 = Instant::now();
-        let mut m = StateMachine::new(true);
-        let g = m.generation();
-        m.trip(g, t0, OPEN_FOR).unwrap();
+        let mut m = opened_at(t0);
         let (Admission::Probe { generation }, _) = m.admit(t0 + OPEN_FOR, 1) else {
             panic!("expected a probe")
         };

@@ -155,6 +155,16 @@ mod tests {
         Permits::shared(limit)
     }
 
+    /// The one permit of `p` taken, and a task waiting for it, counted as waiting.
+    async fn held_and_waited_for(p: &Shared<Permits>) -> (Permit, tokio::task::JoinHandle<Permit>) {
+        let held = p.try_acquire().unwrap();
+        let waiter = tokio::spawn(p.clone().acquire());
+        while p.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        (held, waiter)
+    }
+
     /// True when a waiter arriving now would be woken at once (a wake-up stored in `freed`).
     fn wakeup_stored(permits: &Permits) -> bool {
         let notified = pin!(permits.freed.notified());
@@ -267,11 +277,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_takes_the_released_permit_and_stops_counting_as_waiting() {
         let p = permits(1);
-        let held = p.try_acquire().unwrap();
-        let waiter = tokio::spawn(p.clone().acquire());
-        while p.waiting.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (held, waiter) = held_and_waited_for(&p).await;
         drop(held);
         let permit = waiter.await.unwrap();
         assert_eq!(p.waiting.load(Ordering::SeqCst), 0);
@@ -285,11 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_stops_counting_as_waiting() {
         let p = permits(1);
-        let held = p.try_acquire().unwrap();
-        let waiter = tokio::spawn(p.clone().acquire());
-        while p.waiting.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (held, waiter) = held_and_waited_for(&p).await;
         waiter.abort();
         match waiter.await {
             Err(error) => assert!(error.is_cancelled()),

@@ -105,12 +105,10 @@ impl<T> State<T> {
         let Some(message) = self.messages.get_mut(&seq) else {
             return;
         };
-        match message.waiting_until.take() {
-            Some(until) => self.waiting.remove(&(until, seq)),
-            None => self.ready.remove(&seq),
-        };
+        let filed = message.waiting_until.take();
         let free_at = message.free_at();
         message.waiting_until = Some(free_at);
+        self.unfile(seq, filed);
         self.waiting.insert((free_at, seq));
     }
 
@@ -119,11 +117,16 @@ impl<T> State<T> {
         let Some(message) = self.messages.remove(&seq) else {
             return false;
         };
-        match message.waiting_until {
+        self.unfile(seq, message.waiting_until);
+        true
+    }
+
+    /// Takes message `seq` out of `waiting` (filed under `until`) or, when `until` is `None`, out of `ready`.
+    fn unfile(&mut self, seq: u64, until: Option<Instant>) {
+        match until {
             Some(until) => self.waiting.remove(&(until, seq)),
             None => self.ready.remove(&seq),
         };
-        true
     }
 
     /// Moves what has come due by `now` from `waiting` to `ready`.
