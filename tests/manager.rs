@@ -297,6 +297,131 @@ async fn stop_past_its_deadline_cancels_and_dead_letters_with_reason_shutdown() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_event_cancelled_while_it_waits_for_a_permit_is_dead_lettered_with_reason_shutdown() {
+    let m = manager();
+    let (a, _) = scripted("a");
+    m.register(
+        a,
+        ListenerConfig {
+            concurrency: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.start().await.unwrap();
+    let process = |id: &'static str| {
+        let m = m.clone();
+        tokio::spawn(async move { m.process("a", event(id, "hang", 0)).await })
+    };
+    let running = process("running");
+    settle().await;
+    let waiting = process("waiting"); // the one permit is taken: it waits for it
+    settle().await;
+    let report = m.stop(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.cancelled, 2);
+    assert!(matches!(running.await.unwrap(), Err(Error::Stopped)));
+    assert!(matches!(waiting.await.unwrap(), Err(Error::Stopped)));
+    let letters = m.dead_letters("a").unwrap().unwrap().drain();
+    let mut ids: Vec<&str> = letters.iter().map(|l| l.request.id()).collect();
+    ids.sort();
+    assert_eq!(ids, ["running", "waiting"]);
+    assert!(letters
+        .iter()
+        .all(|l| l.reason == DeadLetterReason::Shutdown));
+}
+
+/// A handler that is never ready: its events wait for its readiness.
+#[derive(Clone)]
+struct NeverReady;
+
+impl tower::Service<Event> for NeverReady {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<(), Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: Event) -> Self::Future {
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_cancelled_while_its_handler_is_not_ready_is_dead_lettered_with_reason_shutdown() {
+    let m = manager();
+    m.register(Listener::new("a", NeverReady), ListenerConfig::default())
+        .unwrap();
+    m.start().await.unwrap();
+    let waiting = {
+        let m = m.clone();
+        tokio::spawn(async move { m.process("a", event("unready", "ok", 0)).await })
+    };
+    settle().await;
+    let report = m.stop(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.cancelled, 1);
+    assert!(matches!(waiting.await.unwrap(), Err(Error::Stopped)));
+    let letters = m.dead_letters("a").unwrap().unwrap().drain();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].request.id(), "unready");
+    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+}
+
+/// A sink whose first letter never finishes storing; later letters go to a queue.
+struct StuckOnce {
+    stuck: std::sync::atomic::AtomicBool,
+    queue: tower_listener::DeadLetterQueue<Event>,
+}
+
+impl tower_listener::DeadLetterSink<Event> for StuckOnce {
+    fn send(&self, letter: tower_listener::DeadLetter<Event>) -> tower_listener::SinkFuture {
+        if !self.stuck.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        self.queue.send(letter)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_cancelled_while_its_letter_is_being_stored_is_dead_lettered_with_reason_shutdown()
+{
+    let m = manager();
+    let sink = std::sync::Arc::new(StuckOnce {
+        stuck: std::sync::atomic::AtomicBool::new(false),
+        queue: tower_listener::DeadLetterQueue::new(16),
+    });
+    let (a, _) = scripted("a");
+    m.register(
+        a,
+        ListenerConfig {
+            retry_policy: RetryPolicy::never(),
+            dead_letter: DeadLetterConfig {
+                sink: Some(sink.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    m.start().await.unwrap();
+    let failing = {
+        let m = m.clone();
+        tokio::spawn(async move { m.process("a", event("e1", "fail", 0)).await })
+    };
+    settle().await; // failed, its letter stuck in the sink
+    let report = m.stop(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.cancelled, 1);
+    assert!(matches!(failing.await.unwrap(), Err(Error::Stopped)));
+    // The stack's future had let go of the event by then; the letter being stored still held it.
+    let letters = sink.queue.drain();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].request.id(), "e1");
+    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+    assert_eq!(m.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unregister_drains_one_listener_without_blocking_others() {
     let m = ListenerManager::new(ManagerConfig {
         unregister_timeout: Duration::from_secs(5),

@@ -1,6 +1,5 @@
 //! [`DeadLetterFuture`].
 
-use std::borrow::Borrow;
 use std::future::Future;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -20,18 +19,20 @@ use crate::{Error, ErrorRecord};
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, R> {
         Running { #[pin] future: F },
         Passthrough { #[pin] future: F },
         // Boxed: only an event being dead-lettered gets here (its letter is allocated anyway), while
         // every event's future is as large as its largest state.
-        Sending { letter: Box<Sending> },
+        Sending { letter: Box<Sending<R>> },
     }
 }
 
 /// A letter on its way to the sink, with what the event's end reports about it.
-struct Sending {
+struct Sending<R> {
     sending: SinkFuture,
+    // The letter's request, for whoever reads it from this future meanwhile (see `HoldsRequest`).
+    request: R,
     error: Option<Error>,
     reason: DeadLetterReason,
     attempts: u32,
@@ -47,7 +48,7 @@ pin_project! {
     /// sink store synchronously, before this future first returns `Pending`).
     pub struct DeadLetterFuture<F, R> {
         #[pin]
-        lettering: Lettering<F, R, Handle<DeadLetterShared<R>>, R>,
+        lettering: Lettering<F, R, Handle<DeadLetterShared<R>>, Option<R>>,
     }
 }
 
@@ -57,8 +58,9 @@ impl<F: Future, R: Clone> DeadLetterFuture<F, R> {
         request: R,
         call: impl FnOnce(R) -> F,
     ) -> Self {
+        let future = call(request.clone());
         DeadLetterFuture {
-            lettering: Lettering::start(shared, request, call),
+            lettering: Lettering::start(shared, Some(request), future),
         }
     }
 }
@@ -77,19 +79,62 @@ where
     }
 }
 
+/// A call's future that holds its request for as long as it lives: the retry's future keeps the event
+/// for its next attempt, so the manager's dead-letter step reads the event from there when it needs it
+/// instead of keeping a copy of its own (one reference count less per event).
+pub(crate) trait HoldsRequest<R> {
+    /// The request, while this future holds it.
+    fn request(&self) -> Option<&R>;
+}
+
+/// Where [`Lettering`] finds the request for a letter: kept beside the call (`Option<R>`, `None` once
+/// released), or read from the call's own future ([`InCall`]).
+pub(crate) trait Keep<R, F> {
+    /// The request, given the call's future.
+    fn get<'a>(&'a self, call: &'a F) -> Option<&'a R>;
+    /// Lets go of a request kept only for a letter (dead letters are disabled).
+    fn release(&mut self);
+}
+
+impl<R, F> Keep<R, F> for Option<R> {
+    #[inline]
+    fn get<'a>(&'a self, _call: &'a F) -> Option<&'a R> {
+        self.as_ref()
+    }
+
+    #[inline]
+    fn release(&mut self) {
+        *self = None;
+    }
+}
+
+/// The request is read from the call's future, which holds it (see [`HoldsRequest`]).
+pub(crate) struct InCall;
+
+impl<R, F: HoldsRequest<R>> Keep<R, F> for InCall {
+    #[inline]
+    fn get<'a>(&'a self, call: &'a F) -> Option<&'a R> {
+        call.request()
+    }
+
+    #[inline]
+    fn release(&mut self) {}
+}
+
 pin_project! {
     /// What [`DeadLetterFuture`] does, over any way `H` of holding the layer's settings and any way `K`
     /// of keeping the request for its letter: the layer's future holds a handle and a clone of the
-    /// request, the manager (which runs the per-event step itself) borrows both, as it holds the event
-    /// for the whole call anyway; the letter clones a borrowed request only when it is written.
+    /// request; the manager (which runs the per-event step itself) borrows the settings and reads the
+    /// event from its stack's future, which keeps it for retries anyway. The letter clones the request
+    /// only when it is written.
     pub(crate) struct Lettering<F, R, H, K>
     where
         H: Deref<Target = DeadLetterShared<R>>,
-        K: Borrow<R>,
+        K: Keep<R, F>,
     {
         #[pin]
-        state: State<F>,
-        request: Option<K>,
+        state: State<F, R>,
+        request: K,
         shared: H,
     }
 }
@@ -97,26 +142,38 @@ pin_project! {
 impl<F, R, H, K> Lettering<F, R, H, K>
 where
     F: Future,
-    R: Clone,
     H: Deref<Target = DeadLetterShared<R>>,
-    K: Borrow<R>,
+    K: Keep<R, F>,
 {
-    /// Starts one call through `call` with a clone of `request`, keeping `request` for its dead letter
-    /// (dropping it when dead letters are disabled).
+    /// Watches the call `future`, with its request kept by `request` for its dead letter (released when
+    /// dead letters are disabled).
     #[inline]
-    pub(crate) fn start(shared: H, request: K, call: impl FnOnce(R) -> F) -> Self {
-        let future = call(request.borrow().clone());
+    pub(crate) fn start(shared: H, mut request: K, future: F) -> Self {
         if !shared.config.enabled {
+            request.release();
             return Lettering {
                 state: State::Passthrough { future },
-                request: None,
+                request,
                 shared,
             };
         }
         Lettering {
             state: State::Running { future },
-            request: Some(request),
+            request,
             shared,
+        }
+    }
+}
+
+impl<F, R, H, K> HoldsRequest<R> for Lettering<F, R, H, K>
+where
+    H: Deref<Target = DeadLetterShared<R>>,
+    K: Keep<R, F>,
+{
+    fn request(&self) -> Option<&R> {
+        match &self.state {
+            State::Running { future } | State::Passthrough { future } => self.request.get(future),
+            State::Sending { letter } => Some(&letter.request),
         }
     }
 }
@@ -175,7 +232,7 @@ where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     H: Deref<Target = DeadLetterShared<R>>,
-    K: Borrow<R>,
+    K: Keep<R, F>,
 {
     type Output = Result<T, Error>;
 
@@ -188,9 +245,9 @@ where
                         .poll(cx)
                         .map(|r| r.map_err(|e| Error::from_boxed(e.into())));
                 }
-                StateProj::Running { future } => {
+                StateProj::Running { mut future } => {
                     attempts::take(); // stale: not from this poll
-                    let error = match ready!(future.poll(cx)) {
+                    let error = match ready!(future.as_mut().poll(cx)) {
                         Ok(response) => return Poll::Ready(Ok(response)),
                         Err(e) => Error::from_boxed(e.into()),
                     };
@@ -202,16 +259,19 @@ where
                         reason,
                         shared.metrics.as_deref(),
                     );
-                    let (Some(sink), true, Some(request)) =
-                        (&shared.config.sink, capture, this.request.take())
-                    else {
+                    let (Some(sink), true, Some(request)) = (
+                        &shared.config.sink,
+                        capture,
+                        this.request.get(future.as_ref().get_ref()),
+                    ) else {
                         return Poll::Ready(Err(error));
                     };
                     let now = SystemTime::now();
                     let attempts = record.attempts.max(1);
-                    let id = shared.id_of.map(|id_of| id_of(request.borrow()));
+                    let id = shared.id_of.map(|id_of| id_of(request));
+                    let request = request.clone();
                     let letter = DeadLetter {
-                        request: request.borrow().clone(),
+                        request: request.clone(),
                         error: ErrorRecord::from(&error),
                         listener: shared.name.clone(),
                         attempts,
@@ -224,6 +284,7 @@ where
                         Ok(sending) => this.state.set(State::Sending {
                             letter: Box::new(Sending {
                                 sending,
+                                request,
                                 error: Some(error),
                                 reason,
                                 attempts,
@@ -239,6 +300,7 @@ where
                 StateProj::Sending { letter } => {
                     let Sending {
                         sending,
+                        request: _,
                         error,
                         reason,
                         attempts,

@@ -28,7 +28,7 @@ mod sink;
 mod store;
 
 pub use future::DeadLetterFuture;
-pub(crate) use future::{reason_for, sink_failed, Lettering};
+pub(crate) use future::{reason_for, sink_failed, HoldsRequest, InCall, Lettering};
 pub(crate) use layer::{captures, DeadLetterShared};
 pub use layer::{CaptureFilter, DeadLetterConfig, DeadLetterLayer};
 pub use queue::{DeadLetterQueue, RedriveReport};

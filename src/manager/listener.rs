@@ -23,7 +23,7 @@ use crate::catch_panic::CatchPanicLayer;
 use crate::circuit::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::dead_letter::{
     captures, sink_failed, DeadLetter, DeadLetterConfig, DeadLetterLayer, DeadLetterQueue,
-    DeadLetterReason, DeadLetterShared, DeadLetterSink, Lettering,
+    DeadLetterReason, DeadLetterShared, DeadLetterSink, HoldsRequest, InCall, Lettering,
 };
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metrics::{AttemptTimingLayer, ListenerMetrics, Recording};
@@ -295,37 +295,42 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
         // The per-event layers (metrics, then dead letter) around the listener's stack: what the futures of
         // `MetricsLayer::per_event` and `DeadLetterLayer` do, borrowing this listener's metrics and
         // settings for the event instead of holding references (and the boxed stack future stays small).
+        // The event moves into the stack, whose retry keeps it until the event ends: the dead-letter step,
+        // the warning and the shutdown below read it from there instead of keeping a copy per event.
         // The span is entered around the call, and around each poll and the drop by `UntilCancelled`
         // itself (what `tracing::Instrumented` did around a second async fn: ~35 instructions per event).
-        let outcome = {
-            let future = span.in_scope(|| {
-                // In flight since `Accepted`: the recording does not count it again.
-                Recording::per_counted_event(&*self.metrics, || {
-                    Lettering::start(&*self.dead_letters, &event, |event| {
-                        Lease::new(&*self.stack, event)
-                    })
-                })
-            });
-            UntilCancelled {
-                future: Some(future),
-                notified: None,
-                listener: self,
-                run,
-                span: &span,
-            }
-            .await
-        };
-        match outcome {
-            Some(result) => {
-                if let Err(error) = &result {
-                    if !self.dead_letters.config.enabled {
-                        span.in_scope(|| tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), error = %error, "event failed; dead letters are disabled for this listener"));
-                    }
+        let future = span.in_scope(|| {
+            // In flight since `Accepted`: the recording does not count it again.
+            Recording::per_counted_event(&*self.metrics, || {
+                Lettering::start(&*self.dead_letters, InCall, Lease::new(&*self.stack, event))
+            })
+        });
+        let ended = UntilCancelled {
+            future: Some(future),
+            notified: None,
+            listener: self,
+            run,
+            span: &span,
+        }
+        .await;
+        // The stack's future is dropped by now.
+        match ended {
+            Ended::Succeeded => Ok(()),
+            Ended::Failed(error, event) => {
+                if let (false, Some(event)) = (self.dead_letters.config.enabled, event) {
+                    span.in_scope(|| tracing::warn!(target: "tower_listener::manager", listener = %self.id, event.id = event.id(), error = %error, "event failed; dead letters are disabled for this listener"));
                 }
-                result
+                Err(error)
             }
-            // The stack's future is dropped by now (it lived in the block above).
-            None => Err(Box::pin(self.shut_down(event).instrument(span)).await),
+            Ended::Cancelled(Some(event)) => {
+                Err(Box::pin(self.shut_down(event).instrument(span)).await)
+            }
+            // Every stack future holds its event until it is dropped, so this is not reached; were it,
+            // the event could not be dead-lettered, and that is said.
+            Ended::Cancelled(None) => {
+                span.in_scope(|| tracing::error!(target: "tower_listener::manager", listener = %self.id, "event cancelled by shutdown; its event could not be read back to dead-letter it"));
+                Err(Error::Stopped)
+            }
         }
     }
 
@@ -398,8 +403,9 @@ impl<T: Send + Sync + 'static> ManagedListener<T> {
 }
 
 pin_project! {
-    /// An event's future that ends early, with `None`, once a shutdown cancels the run the event was accepted
-    /// in. The event's own future is polled first; the cancellation is watched only while it is pending.
+    /// An event's future that ends early, with [`Ended::Cancelled`], once a shutdown cancels the run the
+    /// event was accepted in. The event's own future is polled first; the cancellation is watched only
+    /// while it is pending.
     struct UntilCancelled<'a, F, T> {
         // The event's future: `None` only once dropped, inside the span, by the drop below.
         #[pin]
@@ -421,14 +427,28 @@ pin_project! {
     }
 }
 
-impl<F: Future, T> Future for UntilCancelled<'_, F, T> {
-    type Output = Option<F::Output>;
+/// How an event's run through the stack ended. A failed or cancelled event comes back (a copy, read from
+/// the stack's future before it was dropped): to be dead-lettered on shutdown, or named in a warning.
+enum Ended<T> {
+    Succeeded,
+    Failed(Error, Option<Event<T>>),
+    Cancelled(Option<Event<T>>),
+}
+
+impl<F, T> Future for UntilCancelled<'_, F, T>
+where
+    F: Future<Output = Result<(), Error>> + HoldsRequest<Event<T>>,
+{
+    type Output = Ended<T>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(future) = this.future.as_mut().as_pin_mut() {
-            if let Poll::Ready(output) = this.span.in_scope(|| future.poll(cx)) {
-                return Poll::Ready(Some(output));
+            if let Poll::Ready(result) = this.span.in_scope(|| future.poll(cx)) {
+                return Poll::Ready(match result {
+                    Ok(()) => Ended::Succeeded,
+                    Err(error) => Ended::Failed(error, event_of(this.future.as_ref())),
+                });
             }
         }
         loop {
@@ -439,7 +459,7 @@ impl<F: Future, T> Future for UntilCancelled<'_, F, T> {
                 continue;
             };
             if this.listener.is_cancelled(*this.run) {
-                return Poll::Ready(None);
+                return Poll::Ready(Ended::Cancelled(event_of(this.future.as_ref())));
             }
             match notified.poll(cx) {
                 Poll::Ready(()) => this.notified.set(None),
@@ -447,6 +467,11 @@ impl<F: Future, T> Future for UntilCancelled<'_, F, T> {
             }
         }
     }
+}
+
+/// The event `future` holds (a copy of it).
+fn event_of<F: HoldsRequest<Event<T>>, T>(future: Pin<&Option<F>>) -> Option<Event<T>> {
+    future.get_ref().as_ref()?.request().cloned()
 }
 
 /// An accepted event's claim on its listener's in-flight count.

@@ -22,6 +22,7 @@ use pin_project_lite::pin_project;
 use tower::{Service, ServiceExt};
 use try_lock::TryLock;
 
+use crate::dead_letter::HoldsRequest;
 use crate::metrics::{shard_count, thread_shard};
 use crate::{Error, Event};
 
@@ -42,6 +43,8 @@ pub(crate) trait Slot<T>: Send {
     ) -> Result<(), Event<T>>;
     /// Whether the slot is of its stack's usual future type (fallback slots are not recycled).
     fn recyclable(&self) -> bool;
+    /// The event of the call in this slot: its future keeps it until it is emptied.
+    fn event(&self) -> Option<&Event<T>>;
 }
 
 pin_project! {
@@ -64,7 +67,7 @@ pin_project! {
 impl<S, T> Slot<T> for FutureSlot<S, S::Future>
 where
     S: Service<Event<T>, Response = (), Error = Error> + 'static,
-    S::Future: Send + 'static,
+    S::Future: HoldsRequest<Event<T>> + Send + 'static,
     T: 'static,
 {
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -96,19 +99,29 @@ where
     fn recyclable(&self) -> bool {
         true
     }
-}
 
-pin_project! {
-    /// The slow path's future: readiness, then the call, on a clone of the stack.
-    struct Fallback<F> {
-        #[pin]
-        future: F,
+    fn event(&self) -> Option<&Event<T>> {
+        match &self.state {
+            SlotState::Running { future } => future.request(),
+            SlotState::Empty => None,
+        }
     }
 }
 
-impl<F, T> Slot<T> for Fallback<F>
+pin_project! {
+    /// The slow path's future: readiness, then the call, on a clone of the stack; with the event (the
+    /// call gets a clone), as a slot answers for its event.
+    struct Fallback<F, T> {
+        #[pin]
+        future: F,
+        event: Event<T>,
+    }
+}
+
+impl<F, T> Slot<T> for Fallback<F, T>
 where
     F: Future<Output = Result<(), Error>> + Send,
+    T: Send + Sync,
 {
     fn poll_slot(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.project().future.poll(cx)
@@ -126,6 +139,10 @@ where
 
     fn recyclable(&self) -> bool {
         false
+    }
+
+    fn event(&self) -> Option<&Event<T>> {
+        Some(&self.event)
     }
 }
 
@@ -179,7 +196,7 @@ impl<S: Clone, T> Stack<S, T> {
 impl<S, T> EventStack<T> for Stack<S, T>
 where
     S: Service<Event<T>, Response = (), Error = Error> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: HoldsRequest<Event<T>> + Send + 'static,
     T: Send + Sync + 'static,
 {
     fn start(&self, event: Event<T>) -> BoxedSlot<T> {
@@ -192,6 +209,7 @@ where
                     drop(shard);
                     return Box::pin(Fallback {
                         future: std::future::ready(Err(error)),
+                        event,
                     });
                 }
                 let shard = &mut *shard;
@@ -217,8 +235,10 @@ where
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let call = event.clone();
         Box::pin(Fallback {
-            future: async move { service.oneshot(event).await },
+            future: async move { service.oneshot(call).await },
+            event,
         })
     }
 
@@ -248,6 +268,12 @@ impl<'a, T> Lease<'a, T> {
             slot: Some(stack.start(event)),
             stack,
         }
+    }
+}
+
+impl<T> HoldsRequest<Event<T>> for Lease<'_, T> {
+    fn request(&self) -> Option<&Event<T>> {
+        self.slot.as_ref()?.event()
     }
 }
 

@@ -289,6 +289,16 @@ impl<F, M: Deref<Target = ListenerMetrics>> Recording<F, M> {
     }
 }
 
+impl<F, M, R> crate::dead_letter::HoldsRequest<R> for Recording<F, M>
+where
+    F: crate::dead_letter::HoldsRequest<R>,
+    M: Deref<Target = ListenerMetrics>,
+{
+    fn request(&self) -> Option<&R> {
+        self.inner.request()
+    }
+}
+
 impl<F, M, T, E> Future for Recording<F, M>
 where
     F: Future<Output = Result<T, E>>,
@@ -297,6 +307,7 @@ where
 {
     type Output = Result<T, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let metrics = &**this.metrics;

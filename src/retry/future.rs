@@ -77,6 +77,13 @@ impl<S: Service<R>, R> RetryFuture<S, R> {
     }
 }
 
+impl<S: Service<R>, R> crate::dead_letter::HoldsRequest<R> for RetryFuture<S, R> {
+    /// The event, kept for the next attempt until this future is dropped.
+    fn request(&self) -> Option<&R> {
+        Some(&self.request)
+    }
+}
+
 /// The longest single backoff sleep (about 30 years), so `Instant` arithmetic cannot overflow with
 /// `max_delay: None`.
 const MAX_SLEEP: Duration = Duration::from_secs(1 << 30);
