@@ -91,13 +91,17 @@ impl SlidingWindow {
     }
 
     /// The 1-based period of `now` (0 is reserved for "unused").
+    #[inline]
     fn period(&self, now: Instant) -> u64 {
         let since = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
             .unwrap_or(u64::MAX);
         since / self.bucket_nanos + 1
     }
 
-    /// Counts one call at `now`.
+    /// Counts one call at `now`. Inlined, as the other small steps of an event's success path: they
+    /// are called from code instantiated in the user's crate, and without `#[inline]` (or LTO) every one
+    /// of them stays a call across the crate boundary.
+    #[inline]
     pub(crate) fn record(&self, now: Instant, success: bool) {
         let period = self.period(now);
         let shard = crate::metrics::thread_shard(self.shards);

@@ -133,6 +133,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         let permits = &*self.permits;
         permits.shards[self.permits.shard()]

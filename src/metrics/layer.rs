@@ -44,6 +44,7 @@ pub(crate) struct Finished {
 }
 
 impl Finished {
+    #[inline]
     fn new(started: Instant, at: Instant, result: Result<(), &Error>, recorded: bool) -> Self {
         Finished {
             at,
@@ -77,6 +78,7 @@ pub(crate) fn record_attempt(metrics: &ListenerMetrics, finished: Finished) {
     log_attempt(metrics, finished);
 }
 
+#[inline]
 fn log_attempt(metrics: &ListenerMetrics, finished: Finished) {
     tracing::debug!(
         target: "tower_listener::attempt",
@@ -88,6 +90,7 @@ fn log_attempt(metrics: &ListenerMetrics, finished: Finished) {
 }
 
 /// The clock reading a per-event `call` lends to the layers inside it, if this runs inside one.
+#[inline]
 pub(crate) fn lent_event_start() -> Option<Instant> {
     EVENT_STARTED.get()
 }
