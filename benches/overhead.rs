@@ -1,6 +1,7 @@
 //! Per-call overhead of each layer and of the full stack, against a bare no-op service, plain tower and
 //! tower-resilience, all in the same run; then the peers like for like, and the manager under a tracing
-//! subscriber. `cargo bench --bench overhead` (add `--features prometheus` for the scraped-manager rows).
+//! subscriber. `cargo bench --bench overhead` (add `--features prometheus` for the scraped-manager rows,
+//! `tsc-clock` for the rows measuring with the time-stamp counter).
 //!
 //! Criterion measures each case one after another; the tables printed after it measure every case of a
 //! table in interleaved rounds (each round runs every case once), so that the machine's drift hits every
@@ -70,6 +71,18 @@ fn rate_mode() -> CircuitConfig {
 }
 
 type Row = (&'static str, &'static str, Case<'static>);
+
+/// `case` with the crate measuring on the time-stamp counter (`clock::use_tsc`) while it runs; the
+/// switch is process-wide, so it is on for this row's rounds only.
+#[cfg(feature = "tsc-clock")]
+fn on_tsc(mut case: Case<'static>) -> Case<'static> {
+    Box::new(move |iters| {
+        tower_listener::clock::use_tsc(true);
+        let took = case(iters);
+        tower_listener::clock::use_tsc(false);
+        took
+    })
+}
 
 /// The headline table: each layer alone, the full stack by hand and through the manager, the peers.
 fn per_layer(rt: &'static Runtime) -> Vec<Row> {
@@ -180,6 +193,19 @@ fn per_layer(rt: &'static Runtime) -> Vec<Row> {
         "ours: the manager, its metrics encoded every 10 ms on the other core",
         scraped::case(rt),
     ));
+    #[cfg(feature = "tsc-clock")]
+    rows.extend([
+        (
+            "full stack, by hand, TSC clock",
+            "ours: all six layers, measuring with the time-stamp counter",
+            on_tsc(case(rt, stacks::ours())),
+        ),
+        (
+            "full stack, manager.process, TSC clock",
+            "ours: the manager, measuring with the time-stamp counter",
+            on_tsc(manager_case(rt, "bench-tsc", ListenerConfig::default()).1),
+        ),
+    ]);
     rows.extend([
         (
             "plain tower stack",
@@ -457,6 +483,28 @@ fn per_layer_table(rows: &mut [Row]) {
                 "by hand / tower-resilience",
                 "full stack, by hand",
                 "tower-resilience stack",
+            ),
+        ],
+    );
+    #[cfg(feature = "tsc-clock")]
+    ratios(
+        rows,
+        &samples,
+        &[
+            (
+                "manager.process, TSC clock / manager.process (tokio's clock)",
+                "full stack, manager.process, TSC clock",
+                "full stack, manager.process",
+            ),
+            (
+                "manager.process, TSC clock / the same layers by hand, TSC clock",
+                "full stack, manager.process, TSC clock",
+                "full stack, by hand, TSC clock",
+            ),
+            (
+                "manager.process, TSC clock / plain tower (sharded histogram)",
+                "full stack, manager.process, TSC clock",
+                "plain tower stack",
             ),
         ],
     );

@@ -14,6 +14,7 @@
 //! Arguments: the number of events (default 3,000,000), then a mode: `wait` gives the listener a handler
 //! that waits once per event instead of one that succeeds at once; `hand` runs the same layers assembled
 //! by hand and `tower` the plain tower stack of the benches (with its sharded histogram), for comparison.
+//! Built with `--features tsc-clock`, `PROFILE_TSC=1` makes the crate measure with the time-stamp counter.
 
 use std::future::ready;
 use std::time::Instant;
@@ -31,6 +32,9 @@ fn main() {
         .map(|n| n.parse().expect("the number of events"))
         .unwrap_or(3_000_000);
     let mode = args.next().unwrap_or_default();
+    // PROFILE_TSC=1 (with the `tsc-clock` feature): the crate measures with the time-stamp counter.
+    #[cfg(feature = "tsc-clock")]
+    tower_listener::clock::use_tsc(std::env::var_os("PROFILE_TSC").is_some());
     let waits = mode == "wait";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

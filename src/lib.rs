@@ -72,7 +72,9 @@
 //! # Time
 //!
 //! Every timer, window and latency uses tokio's clock, so tests under paused time
-//! (`#[tokio::test(start_paused = true)]`) run a 30 s breaker timeout in microseconds.
+//! (`#[tokio::test(start_paused = true)]`) run a 30 s breaker timeout in microseconds. With the
+//! `tsc-clock` feature, [`clock::use_tsc`] moves what the crate measures (latencies, windows, the
+//! breaker's open time) to the CPU's time-stamp counter, cheaper to read than the OS clock.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -80,7 +82,7 @@ mod attempts;
 pub mod backends;
 mod catch_panic;
 pub mod circuit;
-mod clock;
+pub mod clock;
 pub mod dead_letter;
 mod error;
 mod event;
