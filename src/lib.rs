@@ -73,7 +73,7 @@
 //!
 //! Every timer, window and latency uses tokio's clock, so tests under paused time
 //! (`#[tokio::test(start_paused = true)]`) run a 30 s breaker timeout in microseconds. With the
-//! `tsc-clock` feature, [`clock::use_tsc`] moves what the crate measures (latencies, windows, the
+//! `tsc-clock` feature, `clock::use_tsc` moves what the crate measures (latencies, windows, the
 //! breaker's open time) to the CPU's time-stamp counter, cheaper to read than the OS clock.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -82,7 +82,11 @@ mod attempts;
 pub mod backends;
 mod catch_panic;
 pub mod circuit;
+// Public with the `tsc-clock` feature, for its switch.
+#[cfg(feature = "tsc-clock")]
 pub mod clock;
+#[cfg(not(feature = "tsc-clock"))]
+mod clock;
 pub mod dead_letter;
 mod error;
 mod event;
