@@ -258,7 +258,8 @@ fn like_for_like(rt: &'static Runtime) -> Vec<Row> {
         )
         .1
     };
-    vec![
+    #[allow(unused_mut)]
+    let mut rows = vec![
         ("bare no-op service", "the baseline", case(rt, noop())),
         (
             "ours, manager.process",
@@ -320,7 +321,17 @@ fn like_for_like(rt: &'static Runtime) -> Vec<Row> {
             "its defaults",
             case(rt, stacks::tower_resilience()),
         ),
-    ]
+    ];
+    #[cfg(feature = "tsc-clock")]
+    rows.insert(
+        2,
+        (
+            "ours, manager.process, TSC clock",
+            "the default listener, measuring with the time-stamp counter",
+            on_tsc(manager_case(rt, "like-tsc", ListenerConfig::default()).1),
+        ),
+    );
+    rows
 }
 
 /// The manager under a `tracing_subscriber::fmt` subscriber (writing to nowhere), scoped to the case.
@@ -553,6 +564,12 @@ fn like_for_like_table(rt: &'static Runtime) {
             (
                 "ours, manager.process / plain tower, sharded histogram",
                 "ours, manager.process",
+                "plain tower, sharded histogram",
+            ),
+            #[cfg(feature = "tsc-clock")]
+            (
+                "ours, manager.process, TSC clock / plain tower, sharded histogram",
+                "ours, manager.process, TSC clock",
                 "plain tower, sharded histogram",
             ),
             (
