@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Counts the serializing operations per event of examples/profile_manager: atomic read-modify-writes
-# (x86-64 `lock`-prefixed instructions and `xchg` with memory) and clock reads, by function. On a machine
-# where one uncontended atomic costs ~6 ns and a clock read ~30 ns, these set most of an event's time.
+# (x86-64 `lock`-prefixed instructions and `xchg` with memory) and clock reads, by function; then the
+# instructions and `memcpy` calls per event. On a machine where one uncontended atomic costs ~6 ns and a
+# clock read ~30 ns, these set most of an event's time.
 #
 #   bash benches/lock_census.sh            # manager.process
 #   bash benches/lock_census.sh tower      # the plain tower stack of the benches
 #   bash benches/lock_census.sh hand       # the same layers as the manager, assembled by hand
+#   CENSUS_TSC=1 bash benches/lock_census.sh   # manager.process measuring with the time-stamp counter
 #
 # Needs valgrind and objdump (x86-64 only). Runs the example under callgrind with 100,000 and 200,000
 # events and prints the difference per event, so start-up work cancels out.
 set -euo pipefail
 mode="${1:-}"
 cd "$(dirname "$0")/.."
-cargo build --release --example profile_manager >&2
+if [ -n "${CENSUS_TSC:-}" ]; then
+  cargo build --release --features tsc-clock --example profile_manager >&2
+  export PROFILE_TSC=1
+else
+  cargo build --release --example profile_manager >&2
+fi
 bin=target/release/examples/profile_manager
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -53,3 +60,14 @@ clock_reads() {
 a=$(clock_reads "$work/cg.100000")
 b=$(clock_reads "$work/cg.200000")
 awk -v a="$a" -v b="$b" 'BEGIN { printf "%6.2f  clock reads (clock_gettime) per event\n", (b - a) / 100000 }'
+# Instructions (the run's total) and calls into memcpy (a move of more than 128 bytes), per event.
+awk -v a="$(awk '/^summary:/ { print $2 }' "$work/cg.100000")" -v b="$(awk '/^summary:/ { print $2 }' "$work/cg.200000")" \
+  'BEGIN { printf "%6.0f  instructions per event\n", (b - a) / 100000 }'
+memcpys() {
+  awk '/^cfn=/ { into = index($0, "memcpy") > 0; next }
+       /^calls=/ { if (into) { split(substr($0, 7), c, " "); n += c[1] }; into = 0; next }
+       END { print n + 0 }' "$1"
+}
+a=$(memcpys "$work/cg.100000")
+b=$(memcpys "$work/cg.200000")
+awk -v a="$a" -v b="$b" 'BEGIN { printf "%6.2f  memcpy calls per event\n", (b - a) / 100000 }'
