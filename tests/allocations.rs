@@ -136,6 +136,18 @@ async fn the_manager_allocates_nothing_per_processed_event() {
     assert_eq!(manager.stats().events_succeeded, 20_000);
 }
 
+/// The same with the crate measuring on the time-stamp counter. (The switch is process-wide; no test in
+/// this file runs under paused time, and none counts anything but its own thread's allocations.)
+#[cfg(feature = "tsc-clock")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_manager_allocates_nothing_per_processed_event_on_the_time_stamp_counter() {
+    tower_listener::clock::use_tsc(true);
+    let (allocated, manager) = per_process(noop(), 10_000).await;
+    tower_listener::clock::use_tsc(false);
+    assert_eq!(allocated, 0);
+    assert_eq!(manager.stats().events_succeeded, 20_000);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_handler_that_waits_costs_one_allocation_its_armed_timer() {
     // The one allocation off the immediate success path that every waiting handler meets: the timeout
