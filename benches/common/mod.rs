@@ -170,30 +170,40 @@ pub mod stacks {
 
     use super::noop;
 
+    /// What a stack of ours is to the benches: a service of events, cloned per thread.
+    pub trait OursStack:
+        Service<Event, Response = (), Error = Error, Future: Send> + Clone + Send + Sync + 'static
+    {
+    }
+
+    impl<S> OursStack for S where
+        S: Service<Event, Response = (), Error = Error, Future: Send>
+            + Clone
+            + Send
+            + Sync
+            + 'static
+    {
+    }
+
+    /// What a plain tower stack is to the benches (tower's layers give a `BoxError`).
+    pub trait TowerStack:
+        Service<Event, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+    }
+
+    impl<S> TowerStack for S where
+        S: Service<Event, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+    }
+
     /// The full stack of this crate, assembled by hand exactly as the manager does.
-    pub fn ours() -> impl Service<
-        Event,
-        Response = (),
-        Error = Error,
-        Future = impl Future<Output = Result<(), Error>> + Send,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
+    pub fn ours() -> impl OursStack {
         ours_with(CircuitConfig::default())
     }
 
     /// [`ours`] without the breaker and dead-letter layers: the layers plain tower has (retry, limit,
     /// timeout), with our metrics and panic catcher.
-    pub fn ours_without_breaker_and_letters() -> impl Service<
-        Event,
-        Response = (),
-        Error = Error,
-        Future = impl Future<Output = Result<(), Error>> + Send,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
+    pub fn ours_without_breaker_and_letters() -> impl OursStack {
         let metrics = Arc::new(ListenerMetrics::new("bench"));
         ServiceBuilder::new()
             .layer(MetricsLayer::per_event(metrics.clone()))
@@ -210,17 +220,7 @@ pub mod stacks {
     }
 
     /// [`ours`] with the breaker configured by `circuit`.
-    pub fn ours_with(
-        circuit: CircuitConfig,
-    ) -> impl Service<
-        Event,
-        Response = (),
-        Error = Error,
-        Future = impl Future<Output = Result<(), Error>> + Send,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
+    pub fn ours_with(circuit: CircuitConfig) -> impl OursStack {
         let metrics = Arc::new(ListenerMetrics::new("bench"));
         ServiceBuilder::new()
             .layer(MetricsLayer::per_event(metrics.clone()))
@@ -246,15 +246,7 @@ pub mod stacks {
 
     /// The same six layers without any metrics (no histograms, no counters, no health window), to show
     /// what recording costs, alone and under contention.
-    pub fn ours_without_metrics() -> impl Service<
-        Event,
-        Response = (),
-        Error = Error,
-        Future = impl Future<Output = Result<(), Error>> + Send,
-    > + Clone
-           + Send
-           + Sync
-           + 'static {
+    pub fn ours_without_metrics() -> impl OursStack {
         ServiceBuilder::new()
             .layer(DeadLetterLayer::with_sink(DeadLetterQueue::<Event>::new(
                 1_000,
@@ -446,27 +438,13 @@ pub mod stacks {
     }
 
     /// Plain tower recording latency in a sharded histogram like ours.
-    pub fn plain_tower() -> impl Service<
-        Event,
-        Response = (),
-        Error = BoxError,
-        Future = impl Future<Output = Result<(), BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+    pub fn plain_tower() -> impl TowerStack {
         plain_tower!(ShardedHistogramLayer::new())
     }
 
     /// Plain tower recording what ours records: each event's latency (outside the retry) and each
     /// attempt's (inside it), in sharded histograms like ours.
-    pub fn plain_tower_both_latencies() -> impl Service<
-        Event,
-        Response = (),
-        Error = BoxError,
-        Future = impl Future<Output = Result<(), BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+    pub fn plain_tower_both_latencies() -> impl TowerStack {
         ServiceBuilder::new()
             .layer(ShardedHistogramLayer::new())
             .layer(tower::retry::RetryLayer::new(Attempts(3)))
@@ -477,14 +455,7 @@ pub mod stacks {
     }
 
     /// Plain tower as its users write it, with one mutex-guarded hdrhistogram.
-    pub fn plain_tower_mutex() -> impl Service<
-        Event,
-        Response = (),
-        Error = BoxError,
-        Future = impl Future<Output = Result<(), BoxError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
+    pub fn plain_tower_mutex() -> impl TowerStack {
         plain_tower!(MutexHistogramLayer::new())
     }
 
