@@ -15,10 +15,7 @@ use serde_json::{json, Value};
 use support::nats;
 use tower_listener::backends::nats::{NatsSource, NatsSourceConfig, NatsStore, NatsStoreConfig};
 use tower_listener::dead_letter::{DeadLetterStore, LetterFilter};
-use tower_listener::{
-    ConsumeConfig, DeadLetterConfig, Error, Event, ListenerConfig, ListenerManager, ManagerConfig,
-    RetryPolicy,
-};
+use tower_listener::{ConsumeConfig, Event, ListenerManager};
 
 /// What a consuming instance is given: stream, consumer, dead-letter stream and its subject prefix.
 #[derive(Clone)]
@@ -86,30 +83,7 @@ async fn instance(
     let store = NatsStore::open(client.clone(), names.store_config())
         .await
         .unwrap();
-    let manager = ListenerManager::new(ManagerConfig::named("fault-instance")).unwrap();
-    manager
-        .register(
-            tower_listener::listener_fn("orders", move |event: Event| {
-                let handled = handled.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    if event.event_type() == "fail" {
-                        return Err(Error::handler(std::io::Error::other("card declined")));
-                    }
-                    handled(event.id());
-                    Ok(())
-                }
-            }),
-            ListenerConfig {
-                concurrency: IN_FLIGHT,
-                retry_policy: RetryPolicy::never(),
-                circuit: tower_listener::CircuitConfig::disabled(),
-                dead_letter: DeadLetterConfig::to_sink(store),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    manager.start().await.unwrap();
+    let manager = support::orders_instance("fault-instance", store, IN_FLIGHT, handled).await;
     let source = NatsSource::<Value>::new(
         client,
         NatsSourceConfig {

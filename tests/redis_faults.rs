@@ -18,10 +18,7 @@ use tower_listener::backends::redis::{
     RedisSource, RedisSourceConfig, RedisStore, RedisStoreConfig,
 };
 use tower_listener::dead_letter::{DeadLetterStore, LetterFilter};
-use tower_listener::{
-    ConsumeConfig, DeadLetterConfig, Error, Event, ListenerConfig, ListenerManager, ManagerConfig,
-    RetryPolicy,
-};
+use tower_listener::{ConsumeConfig, Event, ListenerManager};
 
 const IN_FLIGHT: usize = 32;
 
@@ -58,30 +55,7 @@ async fn instance(
     )
     .await
     .unwrap();
-    let manager = ListenerManager::new(ManagerConfig::named("redis-fault")).unwrap();
-    manager
-        .register(
-            tower_listener::listener_fn("orders", move |event: Event| {
-                let handled = handled.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    if event.event_type() == "fail" {
-                        return Err(Error::handler(std::io::Error::other("card declined")));
-                    }
-                    handled(event.id());
-                    Ok(())
-                }
-            }),
-            ListenerConfig {
-                concurrency: IN_FLIGHT,
-                retry_policy: RetryPolicy::never(),
-                circuit: tower_listener::CircuitConfig::disabled(),
-                dead_letter: DeadLetterConfig::to_sink(store),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    manager.start().await.unwrap();
+    let manager = support::orders_instance("redis-fault", store, IN_FLIGHT, handled).await;
     let source = RedisSource::<Value>::new(
         client,
         RedisSourceConfig {

@@ -274,3 +274,43 @@ pub fn quiet_injected_panics() {
         }));
     });
 }
+
+/// The broker fault tests' manager (`tests/nats_faults.rs`, `tests/redis_faults.rs`), started, with one
+/// listener, "orders": each event takes 1 ms, then fails for good when its type is "fail" (dead-lettered
+/// into `sink`) or reports its id through `handled`; up to `in_flight` at once, no retries, no breaker.
+pub async fn orders_instance(
+    name: &str,
+    sink: impl tower_listener::DeadLetterSink<tower_listener::Event>,
+    in_flight: usize,
+    handled: impl Fn(&str) + Send + Sync + Clone + 'static,
+) -> tower_listener::ListenerManager {
+    use tower_listener::{
+        CircuitConfig, DeadLetterConfig, Event, ListenerConfig, ListenerManager, ManagerConfig,
+        RetryPolicy,
+    };
+    let manager = ListenerManager::new(ManagerConfig::named(name)).unwrap();
+    manager
+        .register(
+            tower_listener::listener_fn("orders", move |event: Event| {
+                let handled = handled.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if event.event_type() == "fail" {
+                        return Err(Error::handler(std::io::Error::other("card declined")));
+                    }
+                    handled(event.id());
+                    Ok(())
+                }
+            }),
+            ListenerConfig {
+                concurrency: in_flight,
+                retry_policy: RetryPolicy::never(),
+                circuit: CircuitConfig::disabled(),
+                dead_letter: DeadLetterConfig::to_sink(sink),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    manager.start().await.unwrap();
+    manager
+}
