@@ -321,90 +321,28 @@ async fn an_instance_killed_mid_stream_loses_nothing() {
     let _ = context.delete_stream(&names.dead_letters).await;
 }
 
-/// A nats-server of the test's own, on a free port with a temporary store.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Server {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.run().then_some(server)
-    }
-
-    /// Starts the process; false (after saying why) when there is no nats-server binary.
-    fn run(&mut self) -> bool {
-        let started = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match started {
-            Ok(child) => {
-                self.child = Some(child);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                    assert!(Instant::now() < deadline, "nats-server did not start");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                true
-            }
-            Err(e) => {
-                assert!(
-                    !nats::required(),
-                    "nats-server is required but cannot start: {e}"
-                );
-                eprintln!("skipped: cannot start nats-server ({e})");
-                false
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A nats-server of the test's own (JetStream on), on a free port with a temporary store.
+fn nats_server() -> Option<support::ServerProcess> {
+    support::ServerProcess::start("nats-server", |port, dir| {
+        let port = port.to_string();
+        let mut args: Vec<std::ffi::OsString> = ["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        args.push(dir.into());
+        args
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_killed_and_restarted_loses_nothing() {
-    let Some(mut server) = Server::start() else {
+    let Some(mut server) = nats_server() else {
         return;
     };
-    let client = tower_listener::backends::nats::connect(&server.url())
-        .await
-        .unwrap();
+    let client =
+        tower_listener::backends::nats::connect(&format!("nats://127.0.0.1:{}", server.port))
+            .await
+            .unwrap();
     let context = async_nats::jetstream::new(client.clone());
     let names = Names::new("kill_server");
     nats::stream(&context, &names.stream, &names.subject).await;

@@ -275,81 +275,33 @@ async fn a_consumer_killed_mid_stream_loses_nothing() {
 }
 
 /// A redis-server of the test's own, on a free port, persisting every write before answering it.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Server {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.run().then_some(server)
-    }
-
-    fn run(&mut self) -> bool {
-        let started = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match started {
-            Ok(child) => {
-                self.child = Some(child);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                    assert!(Instant::now() < deadline, "redis-server did not start");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                true
-            }
-            Err(e) => {
-                assert!(
-                    !support::brokers_required(),
-                    "redis-server is required but cannot start: {e}"
-                );
-                eprintln!("skipped: cannot start redis-server ({e})");
-                false
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn redis_server() -> Option<support::ServerProcess> {
+    support::ServerProcess::start("redis-server", |port, dir| {
+        let port = port.to_string();
+        let mut args: Vec<std::ffi::OsString> = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--dir",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push(dir.into());
+        args
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_killed_and_restarted_loses_nothing() {
-    let Some(mut server) = Server::start() else {
+    let Some(mut server) = redis_server() else {
         return;
     };
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", server.port)).unwrap();

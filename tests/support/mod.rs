@@ -314,3 +314,84 @@ pub async fn orders_instance(
     manager.start().await.unwrap();
     manager
 }
+
+/// A broker server a fault test runs itself: `program` with `args` (given the port and the data
+/// directory), on a free loopback port, with a temporary data directory it keeps across restarts.
+pub struct ServerProcess {
+    program: &'static str,
+    args: fn(u16, &std::path::Path) -> Vec<std::ffi::OsString>,
+    child: Option<std::process::Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts the server; `None` (after saying why) when its binary cannot start and brokers are not
+    /// required.
+    pub fn start(
+        program: &'static str,
+        args: fn(u16, &std::path::Path) -> Vec<std::ffi::OsString>,
+    ) -> Option<ServerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = ServerProcess {
+            program,
+            args,
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.run().then_some(server)
+    }
+
+    /// Starts the process (again, on the same port and data directory) and waits until it accepts
+    /// connections; false (after saying why) when the binary cannot start and brokers are not required.
+    pub fn run(&mut self) -> bool {
+        let started = std::process::Command::new(self.program)
+            .args((self.args)(self.port, self.dir.path()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match started {
+            Ok(child) => {
+                self.child = Some(child);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{} did not start",
+                        self.program
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                true
+            }
+            Err(e) => {
+                assert!(
+                    !brokers_required(),
+                    "{} is required but cannot start: {e}",
+                    self.program
+                );
+                eprintln!("skipped: cannot start {} ({e})", self.program);
+                false
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
