@@ -6,8 +6,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -209,23 +209,7 @@ fn nats_child() {
 }
 
 fn spawn_child(names: &Names) -> (Child, std::thread::JoinHandle<Vec<String>>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "nats_child", "--nocapture", "--test-threads=1"])
-        .env("TOWER_LISTENER_NATS_CHILD", names.to_env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            // The test harness prints "test nats_child ... " on the line of the first one.
-            .filter_map(|line| line.rsplit_once("handled ").map(|(_, id)| id.to_owned()))
-            .collect()
-    });
-    (child, lines)
+    support::spawn_child("nats_child", ("TOWER_LISTENER_NATS_CHILD", names.to_env()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -200,26 +200,13 @@ fn redis_child() {
 }
 
 fn spawn_child(names: &Names, consumer: &str) -> (Child, std::thread::JoinHandle<Vec<String>>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "redis_child", "--nocapture", "--test-threads=1"])
-        .env(
+    support::spawn_child(
+        "redis_child",
+        (
             "TOWER_LISTENER_REDIS_CHILD",
             format!("{},{},{consumer}", names.stream, names.dead_letters),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            // The test harness prints "test redis_child ... " on the line of the first one.
-            .filter_map(|line| line.rsplit_once("handled ").map(|(_, id)| id.to_owned()))
-            .collect()
-    });
-    (child, lines)
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

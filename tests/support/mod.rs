@@ -395,3 +395,29 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Runs this test binary's test `child_test` in a child process, with `env` set (the child's test does
+/// nothing without it), and collects the ids it prints as `handled <id>`, one per line, until it exits.
+pub fn spawn_child(
+    child_test: &str,
+    env: (&str, String),
+) -> (std::process::Child, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // The test harness prints "test <child_test> ... " on the line of the first one.
+            .filter_map(|line| line.rsplit_once("handled ").map(|(_, id)| id.to_owned()))
+            .collect()
+    });
+    (child, lines)
+}
