@@ -51,23 +51,22 @@ count "$work/cg.200000" | sort -t$'\t' -k2 >"$work/b"
 join -t$'\t' -1 2 -2 2 -a 2 -e 0 -o 0,1.1,2.1 "$work/a" "$work/b" |
   awk -F'\t' '{ d = ($3 - $2) / 100000; if (d >= 0.05) { printf "%6.2f  %s\n", d, substr($1, 1, 130); total += d } }
              END { printf "%6.2f  atomic read-modify-writes per event in all\n", total }' | sort -rn
-# Clock reads: the calls into libc's clock_gettime (from any caller).
-clock_reads() {
-  awk '/^cfn=/ { into = index($0, "clock_gettime") > 0; next }
+# Calls into functions whose name holds $1 (from any caller), in callgrind output $2.
+calls_into() {
+  awk -v name="$1" '/^cfn=/ { into = index($0, name) > 0; next }
        /^calls=/ { if (into) { split(substr($0, 7), c, " "); n += c[1] }; into = 0; next }
-       END { print n + 0 }' "$1"
+       END { print n + 0 }' "$2"
 }
-a=$(clock_reads "$work/cg.100000")
-b=$(clock_reads "$work/cg.200000")
-awk -v a="$a" -v b="$b" 'BEGIN { printf "%6.2f  clock reads (clock_gettime) per event\n", (b - a) / 100000 }'
-# Instructions (the run's total) and calls into memcpy (a move of more than 128 bytes), per event.
-awk -v a="$(awk '/^summary:/ { print $2 }' "$work/cg.100000")" -v b="$(awk '/^summary:/ { print $2 }' "$work/cg.200000")" \
-  'BEGIN { printf "%6.0f  instructions per event\n", (b - a) / 100000 }'
-memcpys() {
-  awk '/^cfn=/ { into = index($0, "memcpy") > 0; next }
-       /^calls=/ { if (into) { split(substr($0, 7), c, " "); n += c[1] }; into = 0; next }
-       END { print n + 0 }' "$1"
+# Per event: the difference between the two runs' counts ($1, $2), with a label ($3).
+per_event() {
+  awk -v a="$1" -v b="$2" -v label="$3" -v digits="${4:-2}" \
+    'BEGIN { printf "%6." digits "f  %s\n", (b - a) / 100000, label }'
 }
-a=$(memcpys "$work/cg.100000")
-b=$(memcpys "$work/cg.200000")
-awk -v a="$a" -v b="$b" 'BEGIN { printf "%6.2f  memcpy calls per event\n", (b - a) / 100000 }'
+# Clock reads: the calls into libc's clock_gettime.
+per_event "$(calls_into clock_gettime "$work/cg.100000")" "$(calls_into clock_gettime "$work/cg.200000")" \
+  "clock reads (clock_gettime) per event"
+# Instructions (the run's total) and calls into memcpy (a move of more than 128 bytes).
+per_event "$(awk '/^summary:/ { print $2 }' "$work/cg.100000")" "$(awk '/^summary:/ { print $2 }' "$work/cg.200000")" \
+  "instructions per event" 0
+per_event "$(calls_into memcpy "$work/cg.100000")" "$(calls_into memcpy "$work/cg.200000")" \
+  "memcpy calls per event"
