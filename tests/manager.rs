@@ -259,6 +259,40 @@ async fn stop_waits_for_in_flight_events_including_those_between_retries() {
     assert_eq!(calls.get(), 5);
 }
 
+/// Spawns `m.process("a", event(id, kind, 0))`.
+fn spawn_process(
+    m: &ListenerManager,
+    id: &'static str,
+    kind: &'static str,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let m = m.clone();
+    tokio::spawn(async move { m.process("a", event(id, kind, 0)).await })
+}
+
+/// Stops `m` with a 1 s deadline it cannot meet, and checks what the shutdown did: one event cancelled per
+/// id in `ids`, every call in `calls` ended with `Error::Stopped`, and `letters` got exactly the events
+/// `ids`, each dead-lettered with reason `Shutdown`.
+async fn stop_past_the_deadline(
+    m: &ListenerManager,
+    calls: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+    letters: &tower_listener::DeadLetterQueue<Event>,
+    ids: &[&str],
+) {
+    let report = m.stop(Duration::from_secs(1)).await.unwrap();
+    assert!(!report.drained);
+    assert_eq!(report.cancelled, ids.len() as u64);
+    for call in calls {
+        assert!(matches!(call.await.unwrap(), Err(Error::Stopped)));
+    }
+    let letters = letters.drain();
+    let mut lettered: Vec<&str> = letters.iter().map(|l| l.request.id()).collect();
+    lettered.sort();
+    assert_eq!(lettered, ids);
+    assert!(letters
+        .iter()
+        .all(|l| l.reason == DeadLetterReason::Shutdown));
+}
+
 #[tokio::test(start_paused = true)]
 async fn stop_past_its_deadline_cancels_and_dead_letters_with_reason_shutdown() {
     let m = ListenerManager::new(ManagerConfig {
@@ -272,22 +306,10 @@ async fn stop_past_its_deadline_cancels_and_dead_letters_with_reason_shutdown() 
     m.start().await.unwrap();
     m.dispatch("a", event("stuck", "hang", 0)).unwrap(); // the only worker hangs (until the 30 s timeout)
     m.dispatch("a", event("queued", "ok", 0)).unwrap(); // waits behind it in the queue
-    let direct = {
-        let m = m.clone();
-        tokio::spawn(async move { m.process("a", event("direct", "hang", 0)).await })
-    };
+    let direct = spawn_process(&m, "direct", "hang");
     settle().await;
-    let report = m.stop(Duration::from_secs(1)).await.unwrap();
-    assert!(!report.drained);
-    assert_eq!(report.cancelled, 3);
-    assert!(matches!(direct.await.unwrap(), Err(Error::Stopped)));
-    let letters = m.dead_letters("a").unwrap().unwrap().drain();
-    let mut ids: Vec<&str> = letters.iter().map(|l| l.request.id()).collect();
-    ids.sort();
-    assert_eq!(ids, ["direct", "queued", "stuck"]);
-    assert!(letters
-        .iter()
-        .all(|l| l.reason == DeadLetterReason::Shutdown));
+    let letters = m.dead_letters("a").unwrap().unwrap();
+    stop_past_the_deadline(&m, vec![direct], &letters, &["direct", "queued", "stuck"]).await;
     let stats = m.stats();
     assert_eq!(
         (stats.events_processed, stats.events_failed, stats.in_flight),
@@ -309,25 +331,18 @@ async fn an_event_cancelled_while_it_waits_for_a_permit_is_dead_lettered_with_re
     )
     .unwrap();
     m.start().await.unwrap();
-    let process = |id: &'static str| {
-        let m = m.clone();
-        tokio::spawn(async move { m.process("a", event(id, "hang", 0)).await })
-    };
-    let running = process("running");
+    let running = spawn_process(&m, "running", "hang");
     settle().await;
-    let waiting = process("waiting"); // the one permit is taken: it waits for it
+    let waiting = spawn_process(&m, "waiting", "hang"); // the one permit is taken: it waits for it
     settle().await;
-    let report = m.stop(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(report.cancelled, 2);
-    assert!(matches!(running.await.unwrap(), Err(Error::Stopped)));
-    assert!(matches!(waiting.await.unwrap(), Err(Error::Stopped)));
-    let letters = m.dead_letters("a").unwrap().unwrap().drain();
-    let mut ids: Vec<&str> = letters.iter().map(|l| l.request.id()).collect();
-    ids.sort();
-    assert_eq!(ids, ["running", "waiting"]);
-    assert!(letters
-        .iter()
-        .all(|l| l.reason == DeadLetterReason::Shutdown));
+    let letters = m.dead_letters("a").unwrap().unwrap();
+    stop_past_the_deadline(
+        &m,
+        vec![running, waiting],
+        &letters,
+        &["running", "waiting"],
+    )
+    .await;
 }
 
 /// A handler that is never ready: its events wait for its readiness.
@@ -354,18 +369,10 @@ async fn an_event_cancelled_while_its_handler_is_not_ready_is_dead_lettered_with
     m.register(Listener::new("a", NeverReady), ListenerConfig::default())
         .unwrap();
     m.start().await.unwrap();
-    let waiting = {
-        let m = m.clone();
-        tokio::spawn(async move { m.process("a", event("unready", "ok", 0)).await })
-    };
+    let waiting = spawn_process(&m, "unready", "ok");
     settle().await;
-    let report = m.stop(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(report.cancelled, 1);
-    assert!(matches!(waiting.await.unwrap(), Err(Error::Stopped)));
-    let letters = m.dead_letters("a").unwrap().unwrap().drain();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].request.id(), "unready");
-    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+    let letters = m.dead_letters("a").unwrap().unwrap();
+    stop_past_the_deadline(&m, vec![waiting], &letters, &["unready"]).await;
 }
 
 /// A sink whose first letter never finishes storing; later letters go to a queue.
@@ -405,19 +412,10 @@ async fn an_event_cancelled_while_its_letter_is_being_stored_is_dead_lettered_wi
     )
     .unwrap();
     m.start().await.unwrap();
-    let failing = {
-        let m = m.clone();
-        tokio::spawn(async move { m.process("a", event("e1", "fail", 0)).await })
-    };
+    let failing = spawn_process(&m, "e1", "fail");
     settle().await; // failed, its letter stuck in the sink
-    let report = m.stop(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(report.cancelled, 1);
-    assert!(matches!(failing.await.unwrap(), Err(Error::Stopped)));
-    // The stack's future had let go of the event by then; the letter being stored still held it.
-    let letters = sink.queue.drain();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].request.id(), "e1");
-    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+                    // The stack's future had let go of the event by then; the letter being stored still held it.
+    stop_past_the_deadline(&m, vec![failing], &sink.queue, &["e1"]).await;
     assert_eq!(m.stats().in_flight, 0);
 }
 
